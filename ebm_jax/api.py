@@ -1,0 +1,112 @@
+"""Python API: restore a checkpoint and sample, score or evaluate.
+
+    model = ebm_jax.load("runs/meg")                 # latest checkpoint and its config
+    e = model.energy(x)                              # (B,) energies
+    x = model.sample(key, 64)                        # generator samples
+    x = model.sample(key, 64, mcmc_steps=100, step_size=0.01, space="latent")
+    s = model.anomaly_score(x, kind="energy")        # or "score_norm"
+"""
+import os
+from functools import partial
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from ebm_jax import checkpointing
+from ebm_jax.methods import get_method
+from ebm_jax.methods.base import ConfigError
+
+
+class Model:
+    """A trained method's parameters with jitted energy, sampling and anomaly scores."""
+
+    def __init__(self, method, params, config, step: int, workdir: str):
+        self.method, self.params, self.config, self.step, self.workdir = method, params, config, step, workdir
+        self._energy = jax.jit(method.energy)
+        self._generate = jax.jit(method.generate)
+        self._sample = jax.jit(method.sample, static_argnums=(2, 3), static_argnames=("space", "include_prior"))
+        self._anomaly = jax.jit(method.anomaly_score, static_argnames=("kind",))
+
+    def _check_x(self, x):
+        x = jnp.asarray(x, jnp.float32)
+        if x.shape[1:] != tuple(self.method.data_shape):
+            raise ValueError(f"x has shape {tuple(x.shape)}; this model expects (B, "
+                             f"{', '.join(map(str, self.method.data_shape))}).")
+        return x
+
+    def energy(self, x):
+        """(B,) energies E(x); lower is more likely."""
+        return self._energy(self.params, self._check_x(x))
+
+    def generate(self, z):
+        """G(z) for latent vectors z of shape (B, latent_dim)."""
+        return self._generate(self.params, jnp.asarray(z, jnp.float32))
+
+    def sample(self, key, n: int, mcmc_steps: Optional[int] = None, step_size: Optional[float] = None,
+               space: Optional[str] = None, temperature: Optional[float] = None,
+               include_prior: Optional[bool] = None, return_acceptance: bool = False):
+        """n samples: generator samples, refined by `mcmc_steps` MALA steps when it is > 0.
+
+        mcmc_steps defaults to 0 (plain generator samples); the other MCMC settings default to the
+        config's `sampling` section. space='latent' runs MALA on z targeting exp(-E(G(z))/T) N(z; 0, I);
+        space='data' runs it on x targeting exp(-E(x)/T) from generator samples.
+        """
+        s = self.config.sampling
+        x, rate = self._sample(
+            self.params, key, int(n), int(mcmc_steps or 0),
+            float(s.step_size if step_size is None else step_size),
+            space=s.space if space is None else space,
+            temperature=float(s.temperature if temperature is None else temperature),
+            include_prior=bool(s.include_prior if include_prior is None else include_prior))
+        return (x, rate) if return_acceptance else x
+
+    def anomaly_score(self, x, kind: str = "energy"):
+        """(B,) scores, higher = more anomalous: 'energy' (E(x)) or 'score_norm' (||grad_x E(x)||)."""
+        return self._anomaly(self.params, self._check_x(x), kind=kind)
+
+
+def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Model:
+    """Restores the checkpoint of `step` (default: the latest) in `workdir` with the config saved there.
+
+    config_overrides: an optional ConfigDict whose `eval` and `sampling` sections replace the saved
+    ones (the method, model and data sections always come from the checkpoint).
+    """
+    workdir = os.path.abspath(workdir)
+    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+        raise checkpointing.CheckpointError(
+            f"{workdir} holds no checkpoints (no {checkpointing.checkpoint_dir(workdir)}); train first with "
+            f"python -m ebm_jax.main --config=... --workdir={workdir}.")
+    manager = checkpointing.make_manager(workdir, read_only=True)
+    try:
+        steps = sorted(manager.all_steps())
+        if not steps:
+            raise checkpointing.CheckpointError(f"{checkpointing.checkpoint_dir(workdir)} holds no complete checkpoint; "
+                                                "train first.")
+        if step is None:
+            step = steps[-1]
+        elif step not in steps:
+            raise checkpointing.CheckpointError(f"{workdir} has no checkpoint of step {step}; available steps are {steps}.")
+        saved = checkpointing.restore_json(manager, step)
+        config = checkpointing.config_from_json(saved["config"])
+        if config_overrides is not None:
+            for section in ("eval", "sampling"):
+                config[section] = config_overrides[section]
+        meta = saved["meta"]
+        try:
+            method = get_method(config, tuple(meta["data_shape"]))
+        except ConfigError as e:
+            raise checkpointing.CheckpointError(f"{workdir}: the saved config cannot build its method ({e})") from e
+
+        def init(key):
+            state = method.init(key, None)
+            return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.zeros((), jnp.int32), **state}
+
+        shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+        checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes["params"]), workdir)
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
+        state = checkpointing.restore_state(manager, step, abstract)
+    finally:
+        manager.close()
+    return Model(method, state["params"], config, int(step), workdir)

@@ -1,0 +1,93 @@
+"""The config shape every method shares (sections data, model, method, optim, train, eval, sampling)."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = ml_collections.ConfigDict({"name": ""})
+
+    c.data = ml_collections.ConfigDict({
+        "name": "25gaussians",   # a toy name, see ebm_jax/data/toys.py
+        "path": "",              # a .npy/.npz file of shape (N, D); overrides name when set
+        "data_dir": "",          # where file-based datasets live (used by later dataset readers)
+        "seed": 0,               # data generation, train/test split and batch order
+        "num_train": 100_000,    # toys: points generated for training (the MEG reference uses 100k)
+        "num_test": 10_000,      # toys: held-out points for the NLL
+        "test_fraction": 0.1,    # data.path: fraction held out
+        "batch_size": 256,       # global batch, split over all devices
+    })
+
+    c.model = ml_collections.ConfigDict({
+        "latent_dim": 2,
+        "energy": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
+        "generator": {"hidden": (128, 128, 128), "activation": "relu"},
+        "statistics": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
+    })
+
+    c.optim = ml_collections.ConfigDict({"name": "adam", "lr": 1e-4, "b1": 0.5, "b2": 0.9, "grad_clip": 0.0})
+
+    c.train = ml_collections.ConfigDict({
+        "num_steps": 1000,
+        "seed": 0,
+        "log_every": 100,          # progress-bar losses and TensorBoard scalars
+        "eval_every": 2000,        # periodic evaluation (0 = only at the end)
+        "checkpoint_every": 1000,
+        "max_to_keep": 3,
+        "progress_bar": True,
+    })
+
+    c.eval = ml_collections.ConfigDict({
+        "grid_size": 300,          # 2-D data: grid points per side over [-extent, extent]^2
+        "num_samples": 2500,       # generator / MCMC samples for mode and quality metrics
+        "mode_min_count": 5,       # a mode is covered with at least this many high-quality samples
+        "mcmc": True,              # also evaluate MCMC samples (config.sampling)
+    })
+
+    c.sampling = ml_collections.ConfigDict({
+        "mcmc_steps": 100,
+        "step_size": 0.01,
+        "space": "latent",         # 'latent' (MEG Sec. 3.2) or 'data'
+        "temperature": 1.0,
+        "include_prior": True,     # latent target exp(-E(G(z))/T) N(z; 0, I); False = Eq. 12 alone
+        "num_samples": 1000,       # --mode=sample
+    })
+    return c
+
+
+def parse_variant(variant: str, datasets, extras=()):
+    """Splits 'swissroll,paper' into {'dataset': 'swissroll', 'extras': {'paper'}}; errors on unknowns."""
+    out = {"extras": set()}
+    for token in [t.strip() for t in (variant or "").split(",") if t.strip()]:
+        if token in datasets:
+            if "dataset" in out:
+                raise ValueError(f"config variant {variant!r} names two datasets; give at most one of {list(datasets)}.")
+            out["dataset"] = token
+        elif token in extras:
+            out["extras"].add(token)
+        else:
+            raise ValueError(f"config variant {token!r} is unknown; valid variants are datasets "
+                             f"{list(datasets)} and options {list(extras)}, comma-separated.")
+    return out
+
+
+def validate(config) -> None:
+    """Checks the fields every method shares; raises ConfigError naming the first bad field."""
+    # Imported here: methods imports this module's siblings, not the other way around.
+    from ebm_jax.methods.base import SPACES, ConfigError, check_positive
+    for section in ("method", "data", "model", "optim", "train", "eval", "sampling"):
+        if section not in config:
+            raise ConfigError(f"config has no '{section}' section; every config needs method, data, model, "
+                              "optim, train, eval and sampling (see ebm_jax/configlib.py).")
+    for path in ("data.batch_size", "data.num_train", "data.num_test", "train.log_every",
+                 "train.checkpoint_every", "train.max_to_keep", "eval.grid_size", "eval.num_samples",
+                 "sampling.num_samples", "model.latent_dim"):
+        check_positive(config, path, integer=True)
+    for path in ("train.num_steps", "train.eval_every", "sampling.mcmc_steps", "eval.mode_min_count"):
+        check_positive(config, path, integer=True, allow_zero=True)
+    for path in ("optim.lr", "sampling.step_size", "sampling.temperature"):
+        check_positive(config, path)
+    if config.sampling.space not in SPACES:
+        raise ConfigError(f"config.sampling.space={config.sampling.space!r} is invalid; valid spaces are {list(SPACES)}.")
+    tf = config.data.test_fraction
+    if not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
+        raise ConfigError(f"config.data.test_fraction={tf!r} is invalid; it must be in [0, 1).")

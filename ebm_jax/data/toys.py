@@ -1,0 +1,103 @@
+"""2-D toy distributions, generated in code (no download).
+
+Convention, used by every method, plot and metric in this project (written down once, here):
+  * Scales follow the MEG reference code: 25-Gaussians is a 5x5 grid of centres {-4,-2,0,2,4}^2 with
+    std 0.05, all divided by 2.828; 8-Gaussians has centres on the circle of radius 2 with std 0.02,
+    divided by 1.414; the swiss roll is sklearn's make_swiss_roll(noise=0.25) on axes (0, 2) divided
+    by 7.5. Every toy fits in the square [-2, 2]^2 (TOY_EXTENT).
+  * Densities, KL and NLL are computed on a uniform grid over [-extent, extent]^2 with
+    config.eval.grid_size points per side, at temperature 1 (p proportional to exp(-E)).
+  * Pictures put x on the horizontal axis and y on the vertical axis growing upwards
+    (imshow origin='lower'); there is no vertical flip.
+"""
+import dataclasses
+from typing import Callable, Optional
+
+import numpy as np
+
+TOY_EXTENT = 2.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ToySpec:
+    sample: Callable[[np.random.Generator, int], np.ndarray]
+    # For Gaussian mixtures: (K, 2) centres and the common isotropic std; enables KL / mode metrics.
+    centers: Optional[np.ndarray] = None
+    std: Optional[float] = None
+    # Exact log density where one is known (evaluated on the grid for KL(p_data || p_model)).
+    log_density: Optional[Callable[[np.ndarray], np.ndarray]] = None
+
+
+def _mixture(centers, std):
+    centers = np.asarray(centers, np.float64)
+
+    def sample(rng, n):
+        idx = rng.integers(0, len(centers), size=n)
+        return (centers[idx] + std * rng.standard_normal((n, 2))).astype(np.float32)
+
+    def log_density(x):
+        x = np.asarray(x, np.float64)
+        d2 = np.sum((x[:, None, :] - centers[None]) ** 2, axis=-1)
+        logs = -d2 / (2 * std ** 2) - np.log(2 * np.pi * std ** 2) - np.log(len(centers))
+        m = logs.max(axis=1, keepdims=True)
+        return (m + np.log(np.sum(np.exp(logs - m), axis=1, keepdims=True)))[:, 0]
+
+    return ToySpec(sample=sample, centers=centers, std=float(std), log_density=log_density)
+
+
+def _twentyfive_gaussians():
+    centers = np.array([(2.0 * i, 2.0 * j) for i in range(-2, 3) for j in range(-2, 3)]) / 2.828
+    return _mixture(centers, 0.05 / 2.828)
+
+
+def _eight_gaussians():
+    s = 1.0 / np.sqrt(2.0)
+    unit = [(1, 0), (-1, 0), (0, 1), (0, -1), (s, s), (s, -s), (-s, s), (-s, -s)]
+    return _mixture(2.0 * np.array(unit) / 1.414, 0.02 / 1.414)
+
+
+def _swissroll():
+    # sklearn.datasets.make_swiss_roll restated (to avoid a dependency): t ~ 1.5 pi (1 + 2U),
+    # (t cos t, t sin t) plus N(0, 0.25^2) noise, divided by 7.5 as in the MEG reference.
+    def sample(rng, n):
+        t = 1.5 * np.pi * (1 + 2 * rng.random(n))
+        x = np.stack([t * np.cos(t), t * np.sin(t)], axis=1) + 0.25 * rng.standard_normal((n, 2))
+        return (x / 7.5).astype(np.float32)
+    return ToySpec(sample=sample)
+
+
+def _checkerboard():
+    # Alternating squares of side 0.5 on [-2, 2]^2; the density is uniform on the dark squares.
+    def in_support(x):
+        i = np.floor(x[:, 0] / 0.5).astype(int)
+        j = np.floor(x[:, 1] / 0.5).astype(int)
+        return ((i + j) % 2 == 0) & (np.abs(x[:, 0]) < 2) & (np.abs(x[:, 1]) < 2)
+
+    def sample(rng, n):
+        out = np.empty((0, 2))
+        while len(out) < n:
+            cand = rng.uniform(-2, 2, size=(2 * n, 2))
+            out = np.concatenate([out, cand[in_support(cand)]])
+        return out[:n].astype(np.float32)
+
+    area = 16.0 / 2.0
+
+    def log_density(x):
+        return np.where(in_support(np.asarray(x)), -np.log(area), -np.inf)
+
+    return ToySpec(sample=sample, log_density=log_density)
+
+
+TOYS = {
+    "25gaussians": _twentyfive_gaussians,
+    "8gaussians": _eight_gaussians,
+    "swissroll": _swissroll,
+    "checkerboard": _checkerboard,
+}
+
+
+def get_toy(name: str) -> ToySpec:
+    if name not in TOYS:
+        raise ValueError(f"data.name {name!r} is not a known dataset; valid names are {sorted(TOYS)} "
+                         "(or set data.path to a .npy/.npz file of shape (N, D)).")
+    return TOYS[name]()

@@ -1,0 +1,113 @@
+"""What every method shares: optimisers from the config, sampling and anomaly scores for an
+energy paired with a generator. Method modules subclass `GeneratorEnergyMethod`."""
+import math
+from typing import Any, Dict, Tuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebm_jax import estimators
+
+OPTIMIZERS = ("adam", "adagrad", "sgd")
+SPACES = ("latent", "data")
+ANOMALY_KINDS = ("energy", "score_norm")
+
+
+class ConfigError(ValueError):
+    """A config field with a value the library cannot use."""
+
+
+def make_optimizer(optim_config) -> optax.GradientTransformation:
+    name = optim_config.name
+    if name == "adam":
+        tx = optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2)
+    elif name == "adagrad":
+        tx = optax.adagrad(optim_config.lr)
+    elif name == "sgd":
+        tx = optax.sgd(optim_config.lr)
+    else:
+        raise ConfigError(f"optim.name {name!r} is unknown; valid optimisers are {list(OPTIMIZERS)}.")
+    clip = optim_config.get("grad_clip", 0.0)
+    if clip:
+        tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    return tx
+
+
+class GeneratorEnergyMethod:
+    """An energy E(x) trained together with a generator G(z), z ~ N(0, I).
+
+    Subclasses define `init`, `train_step`, `energy(params, x)` and `generate(params, z)`; this class
+    gives them prior sampling, generator / MCMC sampling and anomaly scores.
+    """
+    name = "base"
+
+    def __init__(self, config, data_shape: Tuple[int, ...]):
+        self.config = config
+        self.data_shape = tuple(data_shape)
+        self.latent_shape = (int(config.model.latent_dim),)
+
+    # ---- to be provided by a method ----
+    batches_per_step = 1
+
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def train_step(self, state, batch, key):
+        raise NotImplementedError
+
+    def energy(self, params, x):
+        raise NotImplementedError
+
+    def generate(self, params, z):
+        raise NotImplementedError
+
+    # ---- shared ----
+    def prior(self, key, n: int):
+        return jax.random.normal(key, (n,) + self.latent_shape)
+
+    def sample(self, params, key, n: int, mcmc_steps: int = 0, step_size: float = 0.01,
+               space: str = "latent", temperature: float = 1.0, include_prior: bool = True):
+        """Generator samples, optionally refined by MALA in latent or data space.
+
+        Returns (samples, acceptance rate); the rate is 1 when mcmc_steps == 0.
+        """
+        if space not in SPACES:
+            raise ConfigError(f"sampling space {space!r} is unknown; valid spaces are {list(SPACES)}.")
+        k_z, k_mcmc = jax.random.split(key)
+        z = self.prior(k_z, n)
+        energy_fn = lambda x: self.energy(params, x)
+        if mcmc_steps == 0:
+            return self.generate(params, z), jnp.asarray(1.0)
+        if space == "latent":
+            log_prob = estimators.latent_log_prob(energy_fn, lambda v: self.generate(params, v),
+                                                  temperature, include_prior)
+            z, rate = estimators.mala_chain(log_prob, z, k_mcmc, mcmc_steps, step_size)
+            return self.generate(params, z), rate
+        log_prob = lambda x: -energy_fn(x) / temperature
+        return estimators.mala_chain(log_prob, self.generate(params, z), k_mcmc, mcmc_steps, step_size)
+
+    def anomaly_score(self, params, x, kind: str = "energy"):
+        """Higher = more anomalous: the energy, or the norm of its input gradient (the score)."""
+        if kind == "energy":
+            return self.energy(params, x)
+        if kind == "score_norm":
+            g = estimators.input_gradients(lambda v: self.energy(params, v), x)
+            return jnp.sqrt(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1))
+        raise ConfigError(f"anomaly score kind {kind!r} is unknown; valid kinds are {list(ANOMALY_KINDS)}.")
+
+
+def check_positive(config, path: str, integer: bool = False, allow_zero: bool = False):
+    """Raises ConfigError unless config.<path> is a positive (or non-negative) number."""
+    node = config
+    for part in path.split("."):
+        node = node[part]
+    ok = isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
+    if ok and integer:
+        ok = float(node).is_integer()
+    if ok:
+        ok = node >= 0 if allow_zero else node > 0
+    if not ok:
+        kind = "integer" if integer else "number"
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config.{path}={node!r} is invalid; it must be a finite {kind} {bound}.")

@@ -1,0 +1,327 @@
+"""train_and_evaluate(config, workdir): the one training loop every method shares.
+
+The loop knows nothing of the method: it asks the registry for one, then only calls its init,
+train_step, energy, generate and sample. One iteration of a method (all its inner updates) is one
+jit-compiled call with the state donated; the rng of iteration s is fold_in(key, s) and its data batch
+is a function of s alone, so a resumed run reproduces an uninterrupted one exactly.
+"""
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from ebm_jax import checkpointing, configlib, evaluation, parallel
+from ebm_jax.data import get_dataset
+from ebm_jax.methods import get_method
+from ebm_jax.methods.base import ConfigError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+class Trainer:
+    """Compiled iteration, state initialisation and batching for one config and dataset."""
+
+    def __init__(self, config, dataset=None):
+        configlib.validate(config)
+        self.config = config
+        self.dataset = dataset if dataset is not None else get_dataset(config.data)
+        self.method = get_method(config, self.dataset.shape)
+        self.mesh = parallel.make_mesh()
+        self.num_devices = self.mesh.devices.size
+        self.batch_size = int(config.data.batch_size)
+        if self.batch_size % self.num_devices:
+            raise ConfigError(
+                f"config.data.batch_size={self.batch_size} does not split over {self.num_devices} devices; "
+                f"use a multiple of {self.num_devices}.")
+        self.replicated = parallel.replicated(self.mesh)
+        self.batch_sharding = parallel.batch_sharding(self.mesh, batch_axis=1)
+        self.base_key = jax.random.PRNGKey(int(config.train.seed))
+        self.num_traces = 0  # counts traces of the iteration: must stay 1 (no retracing)
+        self.iteration = jax.jit(
+            self._iteration, donate_argnums=0,
+            in_shardings=(self.replicated, self.batch_sharding, self.replicated),
+            out_shardings=(self.replicated, self.replicated))
+
+    # -- state --
+    def _init_state(self, key):
+        state = self.method.init(key, None)
+        return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.full((), -1, jnp.int32), **state}
+
+    def init_state(self):
+        key = jax.random.fold_in(self.base_key, 0x1417)  # init key, distinct from every step key
+        return jax.jit(self._init_state, out_shardings=self.replicated)(key)
+
+    def abstract_state(self):
+        shapes = jax.eval_shape(self._init_state, self.base_key)
+        return jax.tree_util.tree_map(
+            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+
+    # -- one iteration --
+    def _iteration(self, state, batch, base_key):
+        self.num_traces += 1
+        key = jax.random.fold_in(base_key, state["step"])
+        inner = {k: v for k, v in state.items() if k not in ("step", "bad_step")}
+        new_inner, metrics = self.method.train_step(inner, batch, key)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree_util.tree_leaves(metrics)]))
+        ok = finite & (state["bad_step"] < 0)
+        # A non-finite loss freezes the state at its last good value and records the step; the host
+        # notices at the next log or checkpoint and stops without saving anything from that step on.
+        kept = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_inner, inner)
+        bad_step = jnp.where(ok | (state["bad_step"] >= 0), state["bad_step"], state["step"])
+        return {"step": state["step"] + ok.astype(jnp.int32), "bad_step": bad_step, **kept}, metrics
+
+    def batch(self, step: int):
+        """The global batch of iteration `step`; this process contributes its even share of the rows."""
+        full = self.dataset.batch(step, self.batch_size, self.method.batches_per_step)
+        per_process = self.batch_size // jax.process_count()
+        p = jax.process_index()
+        return parallel.global_batch(full[:, p * per_process:(p + 1) * per_process], self.batch_sharding)
+
+
+# ---------------------------------------------------------------------------------------------
+# Evaluation shared by training, --mode=eval and ebm_jax.load
+# ---------------------------------------------------------------------------------------------
+
+def evaluate_model(method, params, dataset, config, key):
+    """Metrics dict and (for 2-D data) a PNG of density and samples."""
+    energy_fn = jax.jit(lambda x: method.energy(params, x))
+    n = int(config.eval.num_samples)
+    k_gen, k_mcmc = jax.random.split(key)
+    samples = {"generator": np.asarray(method.sample(params, k_gen, n)[0])}
+    metrics: Dict[str, Any] = {"test_energy": float(np.mean(evaluation.toy2d.batched(energy_fn, dataset.test)))}
+    s = config.sampling
+    if config.eval.mcmc and s.mcmc_steps > 0:
+        x, rate = jax.jit(lambda k: method.sample(params, k, n, s.mcmc_steps, s.step_size, s.space,
+                                                  s.temperature, s.include_prior))(k_mcmc)
+        samples["mcmc"] = np.asarray(x)
+        metrics["mcmc/acceptance_rate"] = float(rate)
+    png = None
+    if dataset.is_2d and dataset.extent:
+        m, log_p = evaluation.evaluate_2d(energy_fn, dataset, config.eval, 1.0, samples)
+        metrics.update(m)
+        title = f"{method.name} on {dataset.name}"
+        if "kl_data_model" in m:
+            title += f"  KL(data||model)={m['kl_data_model']:.3f}"
+        png = evaluation.plot_2d(dataset, log_p, samples, title)
+    return metrics, png, samples
+
+
+def _eval_key(config, step):
+    return jax.random.fold_in(jax.random.PRNGKey(int(config.train.seed) + 1), int(step))
+
+
+def write_json_atomic(path, obj):
+    evaluation.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+class _StopFlag:
+    """SIGTERM / SIGINT set a flag; the loop saves at the current step and exits."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts at once
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class TrainingInterrupted(Exception):
+    def __init__(self, signum, step):
+        super().__init__(f"stopped by signal {signum} at step {step}; the checkpoint of step {step} was saved")
+        self.signum, self.step = signum, step
+
+
+def _make_writer(workdir):
+    if jax.process_index() != 0:
+        return None
+    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
+    return SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+
+def _progress(config, start, total):
+    if jax.process_index() != 0 or not config.train.progress_bar:
+        return None
+    from tqdm.auto import tqdm
+    return tqdm(total=total, initial=start, unit="it", dynamic_ncols=True,
+                mininterval=1.0 if sys.stderr.isatty() else 30.0, desc="train")
+
+
+def _check_finite(state, manager, workdir):
+    bad = int(jax.device_get(state["bad_step"]))
+    if bad >= 0:
+        last = manager.latest_step()
+        kept = (f"the last good checkpoint (step {last}) in {checkpointing.checkpoint_dir(workdir)} is kept"
+                if last is not None else "no checkpoint had been saved yet")
+        raise NonFiniteLossError(f"the training loss became non-finite at step {bad}; {kept}; lower optim.lr "
+                                 "or check the data for extreme values.")
+
+
+def train_and_evaluate(config, workdir: str, dataset=None):
+    """Trains config.method on config.data, resuming from the latest checkpoint in workdir.
+
+    Returns the final state (on device). Raises ConfigError / DataError / CheckpointError /
+    NonFiniteLossError with one sentence naming the problem, and TrainingInterrupted after a signal
+    (the checkpoint of the current step is saved first).
+    """
+    trainer = Trainer(config, dataset)
+    workdir = os.path.abspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    manager = checkpointing.make_manager(workdir, int(config.train.max_to_keep))
+    method, num_steps = trainer.method, int(config.train.num_steps)
+
+    state = trainer.init_state()
+    current_meta = checkpointing.make_meta(method, jax.device_get(state["params"]))
+    latest = manager.latest_step()
+    if latest is not None:
+        saved = checkpointing.restore_json(manager, latest)
+        checkpointing.check_meta(saved["meta"], current_meta, workdir)
+        state = checkpointing.restore_state(manager, latest, trainer.abstract_state())
+        logging.info("resumed from step %d in %s", latest, workdir)
+    start = int(jax.device_get(state["step"]))
+    if start > num_steps:
+        raise ConfigError(f"{workdir} already holds step {start}, beyond config.train.num_steps={num_steps}; "
+                          "raise train.num_steps or use another workdir.")
+
+    writer = _make_writer(workdir)
+    bar = _progress(config, start, num_steps)
+    pending, last_saved, t_log = [], latest, time.time()
+
+    def save(step_now):
+        nonlocal last_saved
+        _check_finite(state, manager, workdir)
+        if last_saved != step_now:
+            checkpointing.save(manager, step_now, state, config, current_meta)
+            last_saved = step_now
+
+    def run_eval(step_now, final=False):
+        metrics, png, _ = evaluate_model(method, state["params"], trainer.dataset, config, _eval_key(config, step_now))
+        if jax.process_index() != 0:
+            return metrics
+        if writer is not None:
+            for k, v in metrics.items():
+                writer.add_scalar(f"eval/{k}", v, step_now)
+            if png is not None:
+                writer.add_image("eval/density", evaluation.png_to_array(png), step_now, dataformats="HWC")
+            writer.flush()
+        if final:
+            write_json_atomic(os.path.join(workdir, "eval_final.json"), {"step": step_now, **metrics})
+            if png is not None:
+                evaluation.write_atomic(os.path.join(workdir, "density.png"), png)
+        return metrics
+
+    try:
+        with _StopFlag() as stop:
+            for step in range(start, num_steps):
+                state, metrics = trainer.iteration(state, trainer.batch(step), trainer.base_key)
+                pending.append(metrics)
+                done = step + 1
+                if done % config.train.log_every == 0 or done == num_steps:
+                    _check_finite(state, manager, workdir)
+                    means = {k: float(v) for k, v in jax.device_get(
+                        jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending)).items()}
+                    pending = []
+                    rate = config.train.log_every / max(time.time() - t_log, 1e-9)
+                    t_log = time.time()
+                    if writer is not None:
+                        for k, v in means.items():
+                            writer.add_scalar(f"train/{k}", v, done)
+                        writer.add_scalar("train/steps_per_second", rate, done)
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()
+                                         if k in ("energy_loss", "generator_loss", "mutual_information", "penalty")},
+                                        refresh=False)
+                if bar is not None:
+                    bar.update(1)
+                if done % config.train.checkpoint_every == 0:
+                    save(done)
+                if config.train.eval_every and done % config.train.eval_every == 0 and done != num_steps:
+                    run_eval(done)
+                if stop.signum is not None:
+                    save(done)
+                    raise TrainingInterrupted(stop.signum, done)
+            final_step = int(jax.device_get(state["step"]))
+            _check_finite(state, manager, workdir)
+            save(final_step)
+            if bar is not None:
+                bar.close()
+                bar = None
+            metrics = run_eval(final_step, final=True)
+            logging.info("step %d: %s", final_step, json.dumps(metrics, sort_keys=True))
+    finally:
+        if bar is not None:
+            bar.close()
+        if writer is not None:
+            writer.close()
+        manager.wait_until_finished()
+        manager.close()
+    return state
+
+
+def evaluate(workdir: str, config=None, step: Optional[int] = None):
+    """--mode=eval: metrics of a checkpoint written to workdir/eval/ as JSON and TensorBoard scalars."""
+    from ebm_jax import api
+    model = api.load(workdir, step=step, config_overrides=config)
+    dataset = get_dataset(model.config.data)
+    metrics, png, _ = evaluate_model(model.method, model.params, dataset, model.config,
+                                     _eval_key(model.config, model.step))
+    out = os.path.join(os.path.abspath(workdir), "eval")
+    os.makedirs(out, exist_ok=True)
+    write_json_atomic(os.path.join(out, f"metrics_step{model.step}.json"), {"step": model.step, **metrics})
+    if png is not None:
+        evaluation.write_atomic(os.path.join(out, f"density_step{model.step}.png"), png)
+    writer = _make_writer(workdir)
+    if writer is not None:
+        for k, v in metrics.items():
+            writer.add_scalar(f"eval/{k}", v, model.step)
+        writer.close()
+    return metrics
+
+
+def sample(workdir: str, config=None, step: Optional[int] = None):
+    """--mode=sample: samples of a checkpoint written to workdir/samples/ as .npz and a picture."""
+    from ebm_jax import api
+    model = api.load(workdir, step=step, config_overrides=config)
+    s = model.config.sampling
+    key = jax.random.fold_in(jax.random.PRNGKey(int(model.config.train.seed) + 2), model.step)
+    x, rate = model.sample(key, int(s.num_samples), return_acceptance=True)
+    x = np.asarray(x)
+    out = os.path.join(os.path.abspath(workdir), "samples")
+    os.makedirs(out, exist_ok=True)
+    base = os.path.join(out, f"samples_step{model.step}")
+    buf = __import__("io").BytesIO()
+    np.savez(buf, x=x, acceptance_rate=np.asarray(rate), step=np.asarray(model.step))
+    evaluation.write_atomic(base + ".npz", buf.getvalue())
+    if x.ndim == 2 and x.shape[1] == 2:
+        extent = get_dataset(model.config.data).extent if not model.config.data.path else None
+        title = (f"{model.method.name}: {len(x)} samples, {s.mcmc_steps} MALA steps in {s.space} space "
+                 f"(acceptance {float(rate):.2f})")
+        evaluation.write_atomic(base + ".png", evaluation.plot_samples_2d(x, extent, title))
+    return base + ".npz"
