@@ -24,7 +24,8 @@ def base_config() -> ml_collections.ConfigDict:
         "statistics": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
     })
 
-    c.optim = ml_collections.ConfigDict({"name": "adam", "lr": 1e-4, "b1": 0.5, "b2": 0.9, "grad_clip": 0.0})
+    c.optim = ml_collections.ConfigDict({"name": "adam", "lr": 1e-4, "b1": 0.5, "b2": 0.9, "grad_clip": 0.0,
+                                      "schedule": "constant"})  # or 'cosine' / 'linear' decay to 0
 
     c.train = ml_collections.ConfigDict({
         "num_steps": 1000,

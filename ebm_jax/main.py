@@ -29,6 +29,10 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}; use --config, --workdir and --mode.")
     if _WORKDIR.value is None:
         raise app.UsageError("--workdir is required: the directory for checkpoints and outputs.")
+    # Orbax and absl log every checkpoint step at INFO; keep the console to the progress bar and
+    # results unless the user asks for more with --verbosity.
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     try:
         if _MODE.value == "train":

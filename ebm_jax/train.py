@@ -15,12 +15,17 @@ from typing import Any, Dict, Optional
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import logging
 
 from ebm_jax import checkpointing, configlib, evaluation, parallel
 from ebm_jax.data import get_dataset
 from ebm_jax.methods import get_method
 from ebm_jax.methods.base import ConfigError
+
+
+def _say(msg: str) -> None:
+    """Progress messages for the user, from process 0 only (absl logging is left to libraries)."""
+    if jax.process_index() == 0:
+        print(msg, file=sys.stderr, flush=True)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,8 +189,11 @@ def _check_finite(state, manager, workdir):
                                  "or check the data for extreme values.")
 
 
-def train_and_evaluate(config, workdir: str, dataset=None):
+def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[int] = None):
     """Trains config.method on config.data, resuming from the latest checkpoint in workdir.
+
+    stop_after: end this run after that step with a checkpoint, as a preemption would (the learning-
+    rate schedule still spans config.train.num_steps); the next call resumes from there.
 
     Returns the final state (on device). Raises ConfigError / DataError / CheckpointError /
     NonFiniteLossError with one sentence naming the problem, and TrainingInterrupted after a signal
@@ -204,12 +212,13 @@ def train_and_evaluate(config, workdir: str, dataset=None):
         saved = checkpointing.restore_json(manager, latest)
         checkpointing.check_meta(saved["meta"], current_meta, workdir)
         state = checkpointing.restore_state(manager, latest, trainer.abstract_state())
-        logging.info("resumed from step %d in %s", latest, workdir)
+        _say(f"resumed from step {latest} in {workdir}")
     start = int(jax.device_get(state["step"]))
     if start > num_steps:
         raise ConfigError(f"{workdir} already holds step {start}, beyond config.train.num_steps={num_steps}; "
                           "raise train.num_steps or use another workdir.")
 
+    end = num_steps if stop_after is None else min(num_steps, max(start, int(stop_after)))
     writer = _make_writer(workdir)
     bar = _progress(config, start, num_steps)
     pending, last_saved, t_log = [], latest, time.time()
@@ -239,11 +248,11 @@ def train_and_evaluate(config, workdir: str, dataset=None):
 
     try:
         with _StopFlag() as stop:
-            for step in range(start, num_steps):
+            for step in range(start, end):
                 state, metrics = trainer.iteration(state, trainer.batch(step), trainer.base_key)
                 pending.append(metrics)
                 done = step + 1
-                if done % config.train.log_every == 0 or done == num_steps:
+                if done % config.train.log_every == 0 or done == end:
                     _check_finite(state, manager, workdir)
                     means = {k: float(v) for k, v in jax.device_get(
                         jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending)).items()}
@@ -267,6 +276,9 @@ def train_and_evaluate(config, workdir: str, dataset=None):
                 if stop.signum is not None:
                     save(done)
                     raise TrainingInterrupted(stop.signum, done)
+            if end < num_steps:  # stop_after: a planned early stop
+                save(int(jax.device_get(state["step"])))
+                return state
             final_step = int(jax.device_get(state["step"]))
             _check_finite(state, manager, workdir)
             save(final_step)
@@ -274,7 +286,10 @@ def train_and_evaluate(config, workdir: str, dataset=None):
                 bar.close()
                 bar = None
             metrics = run_eval(final_step, final=True)
-            logging.info("step %d: %s", final_step, json.dumps(metrics, sort_keys=True))
+            _say(f"step {final_step}: " + ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
+            _say(f"wrote {os.path.join(workdir, 'eval_final.json')}"
+                 + (f" and {os.path.join(workdir, 'density.png')}" if trainer.dataset.is_2d else ""))
     finally:
         if bar is not None:
             bar.close()

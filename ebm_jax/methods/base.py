@@ -10,6 +10,7 @@ import optax
 from ebm_jax import estimators
 
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+SCHEDULES = ("constant", "cosine", "linear")
 SPACES = ("latent", "data")
 ANOMALY_KINDS = ("energy", "score_norm")
 
@@ -18,14 +19,30 @@ class ConfigError(ValueError):
     """A config field with a value the library cannot use."""
 
 
-def make_optimizer(optim_config) -> optax.GradientTransformation:
+def learning_rate(optim_config, total_updates: int):
+    """optim.lr, constant or decayed to 0 over `total_updates` updates of one network."""
+    schedule = optim_config.get("schedule", "constant")
+    lr = float(optim_config.lr)
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, max(1, int(total_updates)))
+    if schedule == "linear":
+        return optax.linear_schedule(lr, 0.0, max(1, int(total_updates)))
+    raise ConfigError(f"optim.schedule {schedule!r} is unknown; valid schedules are {list(SCHEDULES)}.")
+
+
+def make_optimizer(optim_config, total_updates: int = 1) -> optax.GradientTransformation:
+    """The optimiser of one network; `total_updates` is how often that network is updated in the run
+    (n_critic * num_steps for a critic), which a decaying schedule needs."""
     name = optim_config.name
+    lr = learning_rate(optim_config, total_updates)
     if name == "adam":
-        tx = optax.adam(optim_config.lr, b1=optim_config.b1, b2=optim_config.b2)
+        tx = optax.adam(lr, b1=optim_config.b1, b2=optim_config.b2)
     elif name == "adagrad":
-        tx = optax.adagrad(optim_config.lr)
+        tx = optax.adagrad(lr)
     elif name == "sgd":
-        tx = optax.sgd(optim_config.lr)
+        tx = optax.sgd(lr)
     else:
         raise ConfigError(f"optim.name {name!r} is unknown; valid optimisers are {list(OPTIMIZERS)}.")
     clip = optim_config.get("grad_clip", 0.0)

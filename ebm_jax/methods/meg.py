@@ -43,8 +43,10 @@ class MEG(GeneratorEnergyMethod):
         self.generator_net = build_mlp("generator", m.generator.hidden, m.generator.activation,
                                        out_shape=self.data_shape)
         self.statistics_net = build_mlp("statistics", m.statistics.hidden, m.statistics.activation)
-        self.tx = make_optimizer(config.optim)
         self.batches_per_step = int(config.method.n_critic)
+        steps = int(config.train.num_steps)
+        self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
+        self.tx = make_optimizer(config.optim, steps)  # generator and statistics network
         self.penalty_weight = float(config.method.penalty_weight)
 
     def init(self, key, example_batch) -> Dict[str, Any]:
@@ -56,7 +58,7 @@ class MEG(GeneratorEnergyMethod):
             "generator": self.generator_net.init(k_g, z)["params"],
             "statistics": self.statistics_net.init(k_t, x, z)["params"],
         }
-        opt_state = {k: self.tx.init(v) for k, v in params.items()}
+        opt_state = {k: (self.tx_energy if k == "energy" else self.tx).init(v) for k, v in params.items()}
         return {"params": params, "opt_state": opt_state}
 
     def energy(self, params, x):
@@ -78,7 +80,7 @@ class MEG(GeneratorEnergyMethod):
             grad_fn = jax.grad(lambda p: energy_loss(
                 lambda v: self.energy({"energy": p}, v), x_real, x_fake, self.penalty_weight), has_aux=True)
             grads, aux = grad_fn(e_params)
-            updates, e_opt = self.tx.update(grads, e_opt, e_params)
+            updates, e_opt = self.tx_energy.update(grads, e_opt, e_params)
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
         keys = jax.random.split(k_critic, self.batches_per_step)

@@ -1,0 +1,278 @@
+"""2-D evaluation (grid, density, KL, mode metrics) and the toy datasets against exact computations."""
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ebm_jax.data.toys import get_toy
+from ebm_jax.evaluation.toy2d import grid_log_density, grid_points, kl_on_grid, mode_metrics
+
+
+# --------------------------------------------------------------------------------------------------
+# grid_points
+
+@pytest.mark.parametrize("extent,size", [(2.0, 4), (1.5, 7)])
+def test_grid_points_cell_centred_and_oriented(extent, size):
+    axis, pts, area = grid_points(extent, size)
+    step = 2.0 * extent / size
+    # Cell centres: the k-th cell is [-extent + k*step, -extent + (k+1)*step].
+    expect_axis = np.array([-extent + (k + 0.5) * step for k in range(size)])
+    np.testing.assert_allclose(axis, expect_axis, rtol=0, atol=1e-12)
+    assert pts.shape == (size * size, 2)
+    np.testing.assert_allclose(area, (2.0 * extent / size) ** 2, rtol=1e-12)
+    # Symmetric about 0, strictly inside the box, one half step from the edges.
+    np.testing.assert_allclose(axis[0], -extent + step / 2, atol=1e-12)
+    np.testing.assert_allclose(axis[-1], extent - step / 2, atol=1e-12)
+
+    xs = pts[:, 0].reshape(size, size)
+    ys = pts[:, 1].reshape(size, size)
+    for i in range(size):
+        for j in range(size):
+            # Column j carries x = axis[j]; row i carries y = axis[i]; row 0 is the lowest y.
+            np.testing.assert_allclose(xs[i, j], expect_axis[j], atol=1e-6)
+            np.testing.assert_allclose(ys[i, j], expect_axis[i], atol=1e-6)
+    assert np.all(np.diff(ys[:, 0]) > 0)  # y increases with the row index
+    assert np.all(np.diff(xs[0, :]) > 0)  # x increases with the column index
+    # The cells tile the square: total area is (2 extent)^2.
+    np.testing.assert_allclose(area * size * size, (2 * extent) ** 2, rtol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------
+# grid_log_density
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_grid_log_density_matches_exact_gaussian(temperature):
+    extent, size = 2.0, 160
+    mean = np.array([0.41, -0.27])  # off-centre (and inside a cell), so a transposed image is caught
+    s = 0.3
+
+    def energy(x):
+        m = jnp.asarray(mean, x.dtype)
+        return jnp.sum((x - m) ** 2, axis=1) / (2 * s * s)
+
+    log_p, log_z = grid_log_density(energy, extent, size, temperature)
+    assert log_p.shape == (size, size)
+
+    # exp(-E/T) is (2 pi var) N(mean, var I) with var = s^2 T. Z over the box [-extent, extent]^2 is
+    # 2 pi var times the Gaussian mass of the box (exact, from erf); at T = 2 the truncation matters
+    # at the 1e-4 level, at T = 1 it is ~1e-8.
+    var = s * s * temperature
+    sd = math.sqrt(var)
+
+    def phi(t):
+        return 0.5 * (1.0 + math.erf(t / math.sqrt(2.0)))
+
+    box_mass = np.prod([phi((extent - m) / sd) - phi((-extent - m) / sd) for m in mean])
+    exact_log_z = np.log(2 * np.pi * var) + np.log(box_mass)
+    np.testing.assert_allclose(log_z, exact_log_z, atol=1e-6)
+    if temperature == 1.0:  # well inside the grid: the untruncated normaliser too
+        np.testing.assert_allclose(log_z, np.log(2 * np.pi * var), atol=1e-6)
+
+    step = 2 * extent / size
+    coords = -extent + step * (np.arange(size) + 0.5)
+    expect = np.empty((size, size))
+    for i in range(size):  # row i: y = coords[i]
+        y = coords[i]
+        expect[i, :] = (-((coords - mean[0]) ** 2 + (y - mean[1]) ** 2) / (2 * var)
+                        - exact_log_z)
+    # Compare where the density is not negligible (float32 energies lose relative precision far out).
+    sig = expect > np.log(1e-8)
+    np.testing.assert_allclose(log_p[sig], expect[sig], rtol=0, atol=1e-4)
+    # The peak is in the right cell: row from y, column from x.
+    i_max, j_max = np.unravel_index(np.argmax(log_p), log_p.shape)
+    assert j_max == np.argmin(np.abs(coords - mean[0]))
+    assert i_max == np.argmin(np.abs(coords - mean[1]))
+    # Normalised over the grid.
+    np.testing.assert_allclose(np.sum(np.exp(log_p)) * step * step, 1.0, atol=1e-10)
+
+
+# --------------------------------------------------------------------------------------------------
+# kl_on_grid
+
+def _kl_double_loop(log_p, log_q):
+    log_p = np.asarray(log_p, np.float64)
+    log_q = np.asarray(log_q, np.float64)
+    zp = 0.0
+    zq = 0.0
+    n, m = log_p.shape
+    for i in range(n):
+        for j in range(m):
+            zp += np.exp(log_p[i, j])
+            zq += np.exp(log_q[i, j])
+    total = 0.0
+    for i in range(n):
+        for j in range(m):
+            pij = np.exp(log_p[i, j]) / zp
+            qij = np.exp(log_q[i, j]) / zq
+            if pij > 0:
+                total += pij * np.log(pij / qij)
+    return total
+
+
+def test_kl_on_grid_matches_double_loop():
+    rng = np.random.default_rng(0)
+    log_p = rng.normal(size=(9, 9)) * 2.0 + 3.0  # unnormalised on purpose
+    log_q = rng.normal(size=(9, 9)) * 1.5 - 7.0
+    got = kl_on_grid(log_p, log_q)
+    expect = _kl_double_loop(log_p, log_q)
+    np.testing.assert_allclose(got, expect, rtol=1e-10)
+    assert got > 0
+    # Invariant to additive constants (only normalised cell masses matter).
+    np.testing.assert_allclose(kl_on_grid(log_p + 11.0, log_q - 4.0), expect, rtol=1e-10)
+    # Asymmetric.
+    assert abs(kl_on_grid(log_q, log_p) - got) > 1e-3
+
+
+def test_kl_on_grid_identical_is_zero():
+    log_p = np.random.default_rng(1).normal(size=(6, 6))
+    assert abs(kl_on_grid(log_p, log_p)) < 1e-12
+    assert abs(kl_on_grid(log_p, log_p + 5.0)) < 1e-12
+
+
+def test_kl_on_grid_handles_zero_mass_cells():
+    rng = np.random.default_rng(2)
+    log_p = rng.normal(size=(8, 8))
+    log_p[::2, 1::2] = -np.inf  # checkerboard of zero-mass cells
+    log_q = rng.normal(size=(8, 8))
+    got = kl_on_grid(log_p, log_q)
+    assert np.isfinite(got)
+    np.testing.assert_allclose(got, _kl_double_loop(log_p, log_q), rtol=1e-10)
+
+    # The model may also be zero where the data is zero.
+    log_q2 = log_q.copy()
+    log_q2[::2, 1::2] = -np.inf
+    got2 = kl_on_grid(log_p, log_q2)
+    assert np.isfinite(got2)
+    np.testing.assert_allclose(got2, _kl_double_loop(log_p, log_q2), rtol=1e-10)
+    assert abs(kl_on_grid(log_p, log_p)) < 1e-12
+
+    # A model that is zero where the data has mass gives +inf, not NaN.
+    log_q3 = log_q.copy()
+    log_q3[0, 0] = -np.inf
+    with np.errstate(all="ignore"):
+        got3 = kl_on_grid(log_p, log_q3)
+    assert got3 == np.inf
+
+
+# --------------------------------------------------------------------------------------------------
+# mode_metrics
+
+def test_mode_metrics_hand_counted():
+    centers = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    std = 1.0  # high quality: distance to nearest centre < 3
+    samples = np.array([
+        # centre 0: three high-quality hits, one nearest-but-too-far sample
+        [0.0, 0.0], [1.0, 0.0], [0.0, -2.9], [3.5, 0.0],
+        # centre 1: one high-quality hit
+        [10.5, 0.0],
+        # centre 2: two high-quality hits (one at distance 2.12 diagonally)
+        [0.0, 9.0], [1.5, 11.5],
+        # centre 3: no hits; a far-away sample whose nearest centre is 3 (not high quality)
+        [25.0, 25.0],
+        # between centres 0 and 1, nearest is 1 at distance 4: not high quality
+        [6.0, 0.0],
+    ])
+    n = len(samples)
+    hq = 3 + 1 + 2
+    out = mode_metrics(samples, centers, std, min_count=2)
+    assert out["num_modes"] == 4
+    assert out["modes_covered"] == 2          # centres 0 (3 hits) and 2 (2 hits)
+    np.testing.assert_allclose(out["high_quality_fraction"], hq / n)
+
+    assert mode_metrics(samples, centers, std, min_count=1)["modes_covered"] == 3
+    assert mode_metrics(samples, centers, std, min_count=3)["modes_covered"] == 1
+    assert mode_metrics(samples, centers, std, min_count=4)["modes_covered"] == 0
+    # min_count 0 still requires at least one hit: centre 3 has none.
+    assert mode_metrics(samples, centers, std, min_count=0)["modes_covered"] == 3
+
+    # Scale with std: with std = 2 (threshold 6) the samples at 3.5 and 4 become high quality too.
+    out2 = mode_metrics(samples, centers, 2.0, min_count=2)
+    np.testing.assert_allclose(out2["high_quality_fraction"], (hq + 2) / n)
+    assert out2["modes_covered"] == 3         # centre 0: 4 hits, centre 1: 2 hits, centre 2: 2 hits
+
+
+def test_mode_metrics_sample_counts_for_its_nearest_centre_only():
+    centers = np.array([[0.0, 0.0], [4.0, 0.0]])
+    # With std 2 (threshold 6) both samples are within 3 std of both centres, but each counts once,
+    # for its nearest centre: (2.5, 0) -> centre 1, (1, 0) -> centre 0.
+    samples = np.array([[2.5, 0.0], [2.6, 0.0], [1.0, 0.0]])
+    out = mode_metrics(samples, centers, 2.0, min_count=2)
+    assert out["modes_covered"] == 1
+    np.testing.assert_allclose(out["high_quality_fraction"], 1.0)
+    assert mode_metrics(samples, centers, 2.0, min_count=1)["modes_covered"] == 2
+
+
+# --------------------------------------------------------------------------------------------------
+# Toys: 25 Gaussians
+
+def _direct_mixture_log_density(points, centers, std):
+    out = []
+    for p in points:
+        total = 0.0
+        for c in centers:
+            d2 = (p[0] - c[0]) ** 2 + (p[1] - c[1]) ** 2
+            total += np.exp(-d2 / (2 * std * std)) / (2 * np.pi * std * std)
+        out.append(np.log(total / len(centers)))
+    return np.array(out)
+
+
+def test_25gaussians_log_density_normalised_and_matches_mixture():
+    toy = get_toy("25gaussians")
+    s = 0.05 / 2.828
+    expect_centers = np.array([(a, b) for a in (-4, -2, 0, 2, 4) for b in (-4, -2, 0, 2, 4)]) / 2.828
+
+    # Integrates to 1 over a fine grid (cell 0.008 < std 0.0177; midpoint rule for Gaussians is exact
+    # up to ~exp(-2 pi^2 std^2 / cell^2), and all centres are far inside [-2, 2]^2).
+    extent, size = 2.0, 500
+    step = 2 * extent / size
+    axis = -extent + step * (np.arange(size) + 0.5)
+    total = 0.0
+    for y in axis[::1]:
+        row = np.stack([axis, np.full(size, y)], axis=1)
+        total += np.sum(np.exp(toy.log_density(row))) * step * step
+    np.testing.assert_allclose(total, 1.0, atol=1e-6)
+
+    pts = np.array([
+        expect_centers[0], expect_centers[12] + [0.3 * s, -0.5 * s], expect_centers[7] + [s, s],
+        expect_centers[24] + [2 * s, 0.0], (expect_centers[0] + expect_centers[1]) / 2, [0.1, 0.05],
+    ])
+    got = toy.log_density(pts)
+    direct = _direct_mixture_log_density(pts, expect_centers, s)
+    assert np.all(np.isfinite(direct))
+    np.testing.assert_allclose(got, direct, rtol=1e-9, atol=1e-9)
+
+
+def test_25gaussians_samples_have_documented_scale():
+    toy = get_toy("25gaussians")
+    s = 0.05 / 2.828
+    expect_centers = np.array([(a, b) for a in (-4, -2, 0, 2, 4) for b in (-4, -2, 0, 2, 4)]) / 2.828
+    np.testing.assert_allclose(toy.std, s, rtol=1e-12)
+    # Same set of centres (order-insensitive).
+    key = lambda c: np.lexsort((c[:, 1], c[:, 0]))
+    np.testing.assert_allclose(toy.centers[key(toy.centers)], expect_centers[key(expect_centers)], atol=1e-12)
+
+    n = 50000
+    x = np.asarray(toy.sample(np.random.default_rng(0), n), np.float64)
+    assert x.shape == (n, 2)
+    assert np.all(np.abs(x) < 2.0)  # fits in [-2, 2]^2
+    d = np.sqrt(((x[:, None, :] - expect_centers[None]) ** 2).sum(-1))
+    nearest = np.argmin(d, axis=1)
+    resid = x - expect_centers[nearest]
+    assert np.max(np.abs(resid)) < 7 * s  # every sample is near a documented centre
+    # Per-coordinate std of the residuals within 5 standard errors (SE of a std ~ s / sqrt(2n)).
+    np.testing.assert_allclose(resid.std(axis=0), s, atol=5 * s / np.sqrt(2 * n))
+    np.testing.assert_allclose(resid.mean(axis=0), 0.0, atol=5 * s / np.sqrt(n))
+    # Components equally likely: binomial counts within 5 sigma of n/25.
+    counts = np.bincount(nearest, minlength=25)
+    p = 1 / 25
+    assert np.all(np.abs(counts - n * p) < 5 * np.sqrt(n * p * (1 - p))), counts
+
+
+def test_get_toy_unknown_name_lists_valid_names():
+    with pytest.raises(ValueError) as info:
+        get_toy("nope")
+    msg = str(info.value)
+    assert "nope" in msg
+    for name in ("25gaussians", "8gaussians", "swissroll", "checkerboard"):
+        assert name in msg
