@@ -92,3 +92,16 @@ def validate(config) -> None:
     tf = config.data.test_fraction
     if not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
         raise ConfigError(f"config.data.test_fraction={tf!r} is invalid; it must be in [0, 1).")
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Python equivalent of --config=PATH[:VARIANT], e.g. load_config("configs/meg.py:swissroll")."""
+    import importlib.util
+    import os
+    path, _, variant = str(spec).partition(":")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} does not exist; give a path such as configs/meg.py.")
+    module_spec = importlib.util.spec_from_file_location(f"_ebm_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant)

@@ -51,6 +51,9 @@ def test_unknown_variant_lists_valid_ones():
     assert meg.get_config("swissroll").data.name == "swissroll"
     paper = meg.get_config("8gaussians,paper")
     assert paper.data.name == "8gaussians" and paper.model.energy.hidden == (512, 512, 512)
+    from ebm_jax import configlib
+    loaded = configlib.load_config(os.path.join(REPO, "configs", "meg.py") + ":swissroll,paper")
+    assert loaded.data.name == "swissroll" and loaded.method.penalty_weight == 0.1
 
 
 def test_cli_unknown_variant_and_field_fail(tmp_path):

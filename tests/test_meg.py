@@ -52,7 +52,7 @@ def test_generator_loss_by_hand():
 
 def test_one_iteration_is_n_critic_sgd_steps_then_generator_step():
     """With SGD, one compiled iteration equals Algorithm 1 written out step by step."""
-    config = tiny_config(**{"optim.name": "sgd", "optim.lr": 0.1, "method.n_critic": 3})
+    config = tiny_config(**{"optim.name": "sgd", "optim.lr": 0.1, "optim.schedule": "constant", "method.n_critic": 3})
     method = meg.MEG(config, (2,))
     state = method.init(jax.random.PRNGKey(0), None)
     batch = jax.random.normal(jax.random.PRNGKey(1), (3, 8, 2))
