@@ -22,9 +22,27 @@ def params_of(workdir):
     return jax.device_get(ebm_jax.load(workdir).params)
 
 
+def read_events(directory):
+    """(tag, step, kind) of every summary value in the TensorBoard event files of `directory`."""
+    import struct
+    from tensorboardX.proto import event_pb2
+    out = []
+    for name in sorted(os.listdir(directory)):
+        data = open(os.path.join(directory, name), "rb").read()
+        pos = 0
+        while pos < len(data):  # TFRecord: length, crc, payload, crc
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            pos += 12 + length + 4
+            for v in event.summary.value:
+                out.append((v.tag, event.step, v.WhichOneof("value")))
+    return out
+
+
 def test_cli_train_writes_checkpoints_eval_and_picture(tmp_path):
     wd = str(tmp_path / "run")
-    r = run([sys.executable, "-m", "ebm_jax.main", "--config=configs/meg.py", f"--workdir={wd}", *cli_flags()])
+    r = run([sys.executable, "-m", "ebm_jax.main", "--config=configs/meg.py", f"--workdir={wd}",
+             *cli_flags(**{"train.eval_every": 3})])
     assert r.returncode == 0, r.stderr[-3000:]
     assert sorted(os.listdir(os.path.join(wd, "checkpoints"))) == ["3", "6"]
     final = json.load(open(os.path.join(wd, "eval_final.json")))
@@ -34,8 +52,12 @@ def test_cli_train_writes_checkpoints_eval_and_picture(tmp_path):
     assert 0.0 < final["mcmc/acceptance_rate"] <= 1.0
     with open(os.path.join(wd, "density.png"), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    events = os.listdir(os.path.join(wd, "tensorboard"))
-    assert any(e.startswith("events.out.tfevents") for e in events)
+    events = read_events(os.path.join(wd, "tensorboard"))
+    assert {("train/energy_loss", s, "simple_value") for s in (2, 4, 6)} <= set(events)
+    assert ("train/mutual_information", 6, "simple_value") in events
+    assert ("eval/kl_data_model", 3, "simple_value") in events   # periodic evaluation
+    assert ("eval/kl_data_model", 6, "simple_value") in events   # final evaluation
+    assert ("eval/density", 3, "image") in events and ("eval/density", 6, "image") in events
 
     # eval and sample modes on the same workdir
     r = run([sys.executable, "-m", "ebm_jax.main", f"--workdir={wd}", "--mode=eval"])
@@ -141,9 +163,11 @@ def test_load_sample_and_energy_in_fresh_process(tmp_path):
     np.testing.assert_allclose(out["score_norm"], np.linalg.norm(grads, axis=1), rtol=1e-4, atol=1e-6)
 
 
-def test_sigterm_saves_current_step(tmp_path):
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_signal_saves_current_step(tmp_path, signame):
     import signal
     import time
+    signum = getattr(signal, signame)
     wd = str(tmp_path / "run")
     flags = cli_flags(**{"train.num_steps": 100000, "train.checkpoint_every": 100000, "train.log_every": 1})
     proc = subprocess.Popen([sys.executable, "-m", "ebm_jax.main", "--config=configs/meg.py", f"--workdir={wd}",
@@ -154,9 +178,9 @@ def test_sigterm_saves_current_step(tmp_path):
     while time.time() < deadline and not (os.path.isdir(tb) and os.listdir(tb)):
         time.sleep(0.2)
     time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert proc.returncode == 128 + signum, err[-3000:]
     steps = sorted(int(s) for s in os.listdir(os.path.join(wd, "checkpoints")))
     assert len(steps) == 1 and 0 < steps[0] < 100000
     assert f"step {steps[0]}" in err
