@@ -109,4 +109,4 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
         state = checkpointing.restore_state(manager, step, abstract)
     finally:
         manager.close()
-    return Model(method, state["params"], config, int(step), workdir)
+    return Model(method, method.inference_params(state), config, int(step), workdir)

@@ -97,7 +97,9 @@ class Trainer:
 # ---------------------------------------------------------------------------------------------
 
 def evaluate_model(method, params, dataset, config, key):
-    """Metrics dict and (for 2-D data) a PNG of density and samples."""
+    """Metrics dict and a PNG (2-D data: density and samples; images: a grid of samples).
+
+    params: method.inference_params(state)."""
     energy_fn = jax.jit(lambda x: method.energy(params, x))
     n = int(config.eval.num_samples)
     k_gen, k_mcmc = jax.random.split(key)
@@ -109,7 +111,14 @@ def evaluate_model(method, params, dataset, config, key):
                                                   s.temperature, s.include_prior))(k_mcmc)
         samples["mcmc"] = np.asarray(x)
         metrics["mcmc/acceptance_rate"] = float(rate)
+    # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
+    from ebm_jax.estimators import singular_values
+    z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
+    metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
+        lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
     png = None
+    if len(dataset.shape) == 3:
+        png = evaluation.image_grid_png(samples, f"{method.name} on {dataset.name}")
     if dataset.is_2d and dataset.extent:
         m, log_p = evaluation.evaluate_2d(energy_fn, dataset, config.eval, 1.0, samples)
         metrics.update(m)
@@ -231,7 +240,8 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
             last_saved = step_now
 
     def run_eval(step_now, final=False):
-        metrics, png, _ = evaluate_model(method, state["params"], trainer.dataset, config, _eval_key(config, step_now))
+        metrics, png, _ = evaluate_model(method, method.inference_params(state), trainer.dataset, config,
+                                         _eval_key(config, step_now))
         if jax.process_index() != 0:
             return metrics
         if writer is not None:

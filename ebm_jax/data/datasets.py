@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ebm_jax.data import toys
+from ebm_jax.data import images, toys
 
 
 class DataError(ValueError):
@@ -105,7 +105,15 @@ def get_dataset(data_config) -> Dataset:
         if arr.shape[1] == 2:
             extent = float(np.ceil(np.abs(arr).max() * 1.1 * 10) / 10)
         return Dataset(name=os.path.basename(str(path)), train=train, test=test, seed=seed, extent=extent)
-    spec = toys.get_toy(str(data_config.name))
+    name = str(data_config.name)
+    if name in images.IMAGE_DATASETS:
+        train, test = images.load_mnist(str(data_config.get("data_dir", "") or ""))
+        return Dataset(name=name, train=train, test=test, seed=seed)
+    if name not in toys.TOYS:
+        raise DataError(f"data.name {name!r} is not a known dataset; valid names are "
+                        f"{sorted(toys.TOYS) + list(images.IMAGE_DATASETS)} (or set data.path to a .npy/.npz "
+                        "file of shape (N, D)).")
+    spec = toys.get_toy(name)
     rng = np.random.default_rng([seed, 12345])
     train = spec.sample(rng, int(data_config.num_train))
     test = spec.sample(rng, int(data_config.num_test))

@@ -3,10 +3,14 @@
 The training loop only ever goes through this dict, never through the name itself.
 """
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod
+from ebm_jax.methods.ebm_bb import BidirectionalBounds, WGANZeroGP, ZeroGPBounds
 from ebm_jax.methods.meg import MEG
 
 METHODS = {
     "meg": MEG,
+    "ebm_bb": BidirectionalBounds,
+    "ebm_0gp": ZeroGPBounds,
+    "wgan_0gp": WGANZeroGP,
 }
 
 

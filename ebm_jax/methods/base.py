@@ -80,6 +80,10 @@ class GeneratorEnergyMethod:
         raise NotImplementedError
 
     # ---- shared ----
+    def inference_params(self, state):
+        """What energy / generate / sample take: the parameters (plus, e.g., batch-norm averages)."""
+        return state["params"]
+
     def prior(self, key, n: int):
         return jax.random.normal(key, (n,) + self.latent_shape)
 

@@ -6,6 +6,7 @@ MEG's reference toy networks (networks/toy.py of the official code) are 3 hidden
 from typing import Callable, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 ACTIVATIONS = {
@@ -21,8 +22,15 @@ ACTIVATIONS = {
 def get_activation(name: str) -> Callable:
     if name not in ACTIVATIONS:
         raise ValueError(
-            f"model activation {name!r} is unknown; valid activations are {sorted(ACTIVATIONS)}.")
+            f"model activation {name!r} is unknown; valid activations are {sorted(ACTIVATIONS) + ['prelu']}.")
     return ACTIVATIONS[name]
+
+
+def _activate(name: str, x):
+    if name == "prelu":
+        # Learnable slope, one per layer, initialised as torch.nn.PReLU (0.25) (EBM-BB Tables 6-7).
+        return nn.PReLU(negative_slope_init=0.25)(x)
+    return get_activation(name)(x)
 
 
 class MLP(nn.Module):
@@ -33,10 +41,11 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        act = get_activation(self.activation)
+        if self.activation != "prelu":
+            get_activation(self.activation)  # fail early on an unknown name
         x = x.reshape(x.shape[0], -1)
         for width in self.hidden:
-            x = act(nn.Dense(width)(x))
+            x = _activate(self.activation, nn.Dense(width)(x))
         return nn.Dense(self.out_dim)(x)
 
 
@@ -86,3 +95,56 @@ def build_mlp(kind: str, hidden, activation, out_shape=None):
     if kind == "statistics":
         return StatisticsMLP(hidden, activation)
     raise ValueError(f"unknown MLP kind {kind!r}; valid kinds are ['energy', 'generator', 'statistics'].")
+
+
+class NormalizedGeneratorMLP(nn.Module):
+    """G(z) with Dense -> activation -> BatchNorm hidden layers (EBM-BB Table 6: Linear, PReLU, BN).
+
+    Batch normalisation is written out so that its statistics can be passed in. `mode`:
+      'batch'   normalise with this batch's mean/variance (training); returns them, and updates the
+                running averages when the 'batch_stats' collection is mutable;
+      'running' normalise with the running averages (sampling, evaluation);
+      'given'   normalise with `stats` from a 'batch' call: the map z -> G(z) of ONE sample with the
+                batch's statistics held fixed. Its Jacobian is what EBM-BB's entropy uses, as the
+                reference code's analytic Jacobians (stochman nnj.BatchNorm1d) treat BN as a
+                per-sample affine map.
+    """
+    hidden: Sequence[int]
+    out_shape: Sequence[int]
+    activation: str = "prelu"
+    batch_norm: bool = True
+    momentum: float = 0.9   # running = momentum * running + (1 - momentum) * batch (torch's 0.1)
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, z, mode: str = "batch", stats=None):
+        h = z.reshape(z.shape[0], -1)
+        used = []
+        for i, width in enumerate(self.hidden):
+            h = _activate(self.activation, nn.Dense(width)(h))
+            if not self.batch_norm:
+                continue
+            scale = self.param(f"bn_scale_{i}", nn.initializers.ones, (width,))
+            bias = self.param(f"bn_bias_{i}", nn.initializers.zeros, (width,))
+            ra_mean = self.variable("batch_stats", f"mean_{i}", lambda: jnp.zeros((width,), jnp.float32))
+            ra_var = self.variable("batch_stats", f"var_{i}", lambda: jnp.ones((width,), jnp.float32))
+            if mode == "batch":
+                mean, var = jnp.mean(h, axis=0), jnp.var(h, axis=0)
+                if self.is_mutable_collection("batch_stats") and not self.is_initializing():
+                    n = h.shape[0]
+                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+                    # torch keeps the unbiased variance in its running average
+                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * n / max(n - 1, 1)
+            elif mode == "running":
+                mean, var = ra_mean.value, ra_var.value
+            elif mode == "given":
+                mean, var = stats[i]
+            else:
+                raise ValueError(f"generator mode {mode!r} is unknown; valid modes are ['batch', 'running', 'given'].")
+            used.append((mean, var))
+            h = (h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        size = 1
+        for s in self.out_shape:
+            size *= s
+        x = nn.Dense(size)(h).reshape((z.shape[0],) + tuple(self.out_shape))
+        return x, used

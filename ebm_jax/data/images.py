@@ -1,0 +1,58 @@
+"""Image datasets read from local files (no download), scaled to [-1, 1] as EBM-BB Appendix C does.
+
+MNIST: config.data.data_dir must hold the four idx files of the original distribution
+(train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz,
+t10k-labels-idx1-ubyte.gz; gzipped or not). Images come out as (N, 28, 28, 1) float32.
+"""
+import gzip
+import os
+
+import numpy as np
+
+IMAGE_DATASETS = ("mnist",)
+_FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Reads an idx file (optionally gzipped) into a numpy array of its stored shape."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
+        raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
+    nd = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(nd))
+    data = np.frombuffer(raw, np.uint8, offset=4 + 4 * nd)
+    if data.size != int(np.prod(shape)):
+        raise ValueError(f"{path} holds {data.size} bytes of data for a header shape {shape}")
+    return data.reshape(shape)
+
+
+def _find(data_dir: str, stem: str):
+    for name in (stem + ".gz", stem):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def load_mnist(data_dir: str):
+    """(train, test) MNIST images in [-1, 1], shape (N, 28, 28, 1)."""
+    from ebm_jax.data.datasets import DataError
+    if not data_dir:
+        raise DataError("data.name='mnist' needs data.data_dir, a folder with the MNIST idx files "
+                        "(train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz); nothing is downloaded.")
+    out = []
+    for split, stem in _FILES.items():
+        path = _find(data_dir, stem)
+        if path is None:
+            raise DataError(f"data.data_dir {data_dir!r} has no {stem}.gz (or {stem}); it must hold the MNIST idx "
+                            "files of the original distribution.")
+        try:
+            arr = read_idx(path)
+        except (OSError, ValueError, EOFError) as e:
+            raise DataError(f"MNIST file {path!r} could not be read ({e}); replace it with the original idx file.") from e
+        if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+            raise DataError(f"MNIST file {path!r} holds images of shape {arr.shape[1:]}; valid is (28, 28).")
+        out.append((arr.astype(np.float32) / 127.5 - 1.0)[..., None])
+    return out[0], out[1]

@@ -1,0 +1,234 @@
+"""Jacobian spectral quantities of a generator G: R^d -> R^D for the EBM-BB entropy bounds.
+
+Geng et al. (2021), "Bounds all around", Sections 2-3. With x = G(z) and J = dG/dz (D x d),
+
+    log p_g(G(z)) = log p_0(z) - 1/2 log det(J^T J)                          (Eq. 8)
+    1/2 log det(J^T J) = sum_i log s_i >= d log s_1                          (Eq. 10)
+
+so the generator's entropy lower bound (Eq. 11) needs only s_1, the SMALLEST singular value of J.
+It is found here without ever forming J: single-vector LOBPCG (Knyazev 1998/2001) minimises the
+Rayleigh quotient rho(v) = v^T J^T J v / v^T v (Eq. 16), using J^T J v = vjp(jvp(v)) (Eq. 17).
+
+Public functions (all act on ONE latent point z of shape (d,); `fn` maps it to an output of any
+shape, which is treated as a flat vector in R^D):
+
+* `smallest_singular_value(fn, z, key, num_iters, v0=None) -> (s_min, v)` -- LOBPCG estimate; s_min
+  is differentiable (w.r.t. z and everything fn closes over), v is a stop-gradient unit vector for
+  warm-starting the next training step. `smallest_singular_value_batch` vmaps it over a batch.
+* `log_det_jacobian(fn, z)` -- exact 1/2 log det(J^T J) via an explicit Jacobian (small d only).
+* `hutchinson_squared_norm(fn, z, u, key, num_probes, w=None)` -- Hutchinson estimate of
+  ||u^T J + w^T||^2 (Eq. 19), the numerator of the upper-bound penalty (Eq. 18).
+* `anisotropy_index(fn, z)` -- C_z = std_i ||J e_i|| (Eq. 21), population std.
+"""
+from typing import Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def _flat(fn: Callable) -> Callable:
+    """fn with its output flattened, so that J is always a (D, d) matrix."""
+    return lambda z: jnp.ravel(fn(z))
+
+
+def _frozen(fn: Callable, z: jax.Array) -> Callable:
+    """A copy of fn through which NO gradient flows, neither to z nor to anything fn closes over.
+
+    WHY: the LOBPCG iterations only have to find the direction v; the gradient of s_min is taken
+    afterwards through ||J v|| with v fixed (see `smallest_singular_value`). Differentiating the
+    loop would be wrong (it is not the derivative of s_1) and expensive (a scan keeps residuals
+    for every iteration). `jax.closure_convert` hoists the (possibly traced) values fn closes
+    over -- the generator parameters -- into explicit arguments so they can be stop-gradient'ed.
+    """
+    converted, consts = jax.closure_convert(fn, z)
+    consts = [lax.stop_gradient(c) for c in consts]
+    return lambda x: converted(x, *consts)
+
+
+def _safe_norm(x: jax.Array) -> jax.Array:
+    """||x||_2 with a finite (zero) gradient at x = 0 instead of NaN (double-where trick)."""
+    sq = jnp.sum(x * x)
+    pos = sq > 0
+    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
+def _orthogonalize(x, ax, q, aq):
+    """Remove from (x, A x) its component along the unit-or-zero vector q (with image A q)."""
+    c = jnp.vdot(q, x)
+    return x - c * q, ax - c * aq
+
+
+def _lobpcg_step(matvec, eps, state):
+    """One single-vector LOBPCG iteration: Rayleigh-Ritz on span{v, r, p} (Knyazev 2001).
+
+    state = (v, Av, p, Ap): v is a unit vector, p the previous search direction (0 before the
+    first step) and Av, Ap their images under A = J^T J. Only ONE new product with A is made per
+    iteration (on the residual); Av and Ap are updated as the same linear combinations as v and p.
+    """
+    v, av, p, ap = state
+    rho = jnp.vdot(v, av)                          # Rayleigh quotient, Eq. 16 (||v|| = 1)
+    r = av - rho * v                               # residual = gradient direction of rho(v)
+    scale = jnp.linalg.norm(av)                    # ~ ||A|| along v: sets the round-off level
+
+    # Column 1: r, re-orthogonalised against v (it is orthogonal only up to round-off). A residual
+    # at round-off level carries no information (v converged, or Av = 0 for a singular J): it is
+    # masked out rather than normalised, which would divide ~0 by ~0 and make NaN.
+    r, _ = _orthogonalize(r, r, v, v)
+    r_norm = jnp.linalg.norm(r)
+    r_ok = r_norm > eps * scale
+    r_hat = jnp.where(r_ok, r / jnp.where(r_ok, r_norm, 1.0), 0.0)
+    ar_hat = matvec(r_hat)                         # the one new A-product; A 0 = 0 when masked
+
+    # Column 2: p, orthogonalised (twice, "twice is enough") against v and r_hat. p is missing
+    # (zero) at the first iteration, and close to convergence it is nearly in span{v, r}; its
+    # image Ap is tracked, not recomputed, so a small ||p_perp|| / ||p|| would amplify round-off in
+    # Ap by ||p|| / ||p_perp||. Such a p is dropped (the step is then steepest descent), as in
+    # Knyazev's and Hetmaniuk-Lehoucq's practical variants.
+    p_norm0 = jnp.linalg.norm(p)
+    for _ in range(2):
+        p, ap = _orthogonalize(p, ap, v, av)
+        p, ap = _orthogonalize(p, ap, r_hat, ar_hat)
+    p_norm = jnp.linalg.norm(p)
+    p_ok = (p_norm0 > 0) & (p_norm > jnp.sqrt(eps) * p_norm0)
+    inv_p = jnp.where(p_ok, 1.0 / jnp.where(p_ok, p_norm, 1.0), 0.0)
+    p_hat, ap_hat = p * inv_p, ap * inv_p
+
+    # Rayleigh-Ritz: the basis S = [v, r_hat, p_hat] has orthonormal or zero columns, so the
+    # reduced problem is the ordinary 3x3 symmetric eigenproblem of S^T A S. A masked (zero)
+    # column would give a spurious Ritz value 0 that would always win the minimum; its diagonal
+    # entry is therefore set above every admissible Ritz value (the masked rows/columns are zero,
+    # so the spurious eigenvalue is exactly that entry and its eigenvector has no weight on the
+    # valid columns).
+    s = jnp.stack([v, r_hat, p_hat], axis=1)       # (d, 3)
+    a_s = jnp.stack([av, ar_hat, ap_hat], axis=1)  # (d, 3)
+    gram = s.T @ a_s
+    gram = 0.5 * (gram + gram.T)                   # symmetric up to round-off; eigh wants exact
+    mask = jnp.stack([jnp.ones((), bool), r_ok, p_ok]).astype(gram.dtype)
+    big = 2.0 * jnp.sum(jnp.abs(gram)) + 1.0
+    gram = gram * jnp.outer(mask, mask) + jnp.diag((1.0 - mask) * big)
+    _, vecs = jnp.linalg.eigh(gram)
+    c = vecs[:, 0] * mask                          # smallest Ritz value; masked weights are 0
+
+    # Knyazev's implicit search direction: the part of the update NOT along the old v. Taking
+    # p = v_new - v_old instead makes the basis ill-conditioned as the method converges.
+    p_new = s[:, 1:] @ c[1:]
+    ap_new = a_s[:, 1:] @ c[1:]
+    v_new = c[0] * v + p_new
+    av_new = c[0] * av + ap_new
+    # ||v_new|| = ||c|| = 1 in exact arithmetic; renormalise against slow drift.
+    n = jnp.linalg.norm(v_new)
+    return v_new / n, av_new / n, p_new, ap_new
+
+
+def smallest_singular_value(fn: Callable, z: jax.Array, key: jax.Array, num_iters: int,
+                            v0: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
+    """Smallest singular value s_1 of J = d fn / dz at one point z, by single-vector LOBPCG.
+
+    Args:
+      fn: maps z of shape (d,) to an output of any shape (flattened: R^D, D >= d for s_1 > 0).
+        May close over generator parameters; s_min is differentiable w.r.t. them.
+      z: (d,) latent point; its dtype (float32 by default, float64 under x64) is used throughout.
+      key: PRNG key for the random start; unused when v0 is given.
+      num_iters: static number of LOBPCG iterations (one J^T J product each, plus one to start).
+      v0: optional (d,) warm start, e.g. the `v` returned at the previous training step.
+
+    Returns:
+      (s_min, v): s_min = ||J v|| (scalar, differentiable); v the unit right singular vector
+      estimate (d,), under stop_gradient.
+
+    Gradient: with v held fixed, ||J v|| = u^T J v for u = J v / ||J v||, and d s_1 = u^T dJ v is
+    exactly the derivative of a simple singular value. So at convergence the surrogate's gradient
+    is the exact gradient of s_1, without differentiating through the iterations.
+    """
+    d = z.shape[-1]
+    dtype = z.dtype
+    eps = jnp.finfo(dtype).eps
+    flat = _flat(fn)
+
+    # Linearise the FROZEN fn once: every A-product below reuses the same forward residuals,
+    # A v = J^T (J v) (Eq. 17) costs one linear forward and one linear backward pass.
+    z_sg = lax.stop_gradient(z)
+    _, jvp_lin = jax.linearize(_frozen(flat, z_sg), z_sg)
+    vjp_lin = jax.linear_transpose(jvp_lin, z_sg)
+
+    def matvec(x):
+        (out,) = vjp_lin(jvp_lin(x))
+        return out
+
+    if v0 is None:
+        v0 = jax.random.normal(key, (d,), dtype)
+    v0 = lax.stop_gradient(jnp.asarray(v0, dtype))
+    # A zero (or underflowed) warm start cannot be normalised: fall back to a fixed unit vector.
+    n0 = jnp.linalg.norm(v0)
+    v = jnp.where(n0 > 0, v0 / jnp.where(n0 > 0, n0, 1.0), jnp.zeros((d,), dtype).at[0].set(1.0))
+
+    state = (v, matvec(v), jnp.zeros_like(v), jnp.zeros_like(v))
+    state = lax.fori_loop(0, num_iters, lambda _, s: _lobpcg_step(matvec, eps, s), state)
+    v = lax.stop_gradient(state[0])
+
+    # Differentiable value, recomputed with the ORIGINAL fn (not the frozen copy) so that
+    # gradients reach z and the parameters: s_min = ||J v|| with v fixed (see docstring).
+    _, jv = jax.jvp(flat, (z,), (v,))
+    return _safe_norm(jv), v
+
+
+def smallest_singular_value_batch(fn: Callable, z: jax.Array, key: jax.Array, num_iters: int,
+                                  v0: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
+    """`smallest_singular_value` for every row of z (B, d); fn maps ONE point (d,) -> output.
+
+    key is split into B independent keys (used only when v0 is None); v0 is (B, d) or None.
+    Returns (s_min (B,), v (B, d)).
+    """
+    keys = jax.random.split(key, z.shape[0])
+    if v0 is None:
+        return jax.vmap(lambda zi, ki: smallest_singular_value(fn, zi, ki, num_iters))(z, keys)
+    return jax.vmap(lambda zi, ki, vi: smallest_singular_value(fn, zi, ki, num_iters, vi))(z, keys, v0)
+
+
+def log_det_jacobian(fn: Callable, z: jax.Array) -> jax.Array:
+    """Exact 1/2 log det(J^T J) at one point z (d,) (the term of Eqs. 8-9), differentiable.
+
+    Forms J (D x d) with jax.jacfwd (d forward passes), so it is meant for small d (the toy path).
+    Computed as sum_i log |R_ii| of the thin QR of J, since det(J^T J) = det(R^T R) = prod R_ii^2:
+    unlike a slogdet of J^T J this never squares J's condition number.
+    """
+    jac = jax.jacfwd(_flat(fn))(z)
+    r = jnp.linalg.qr(jac, mode="r")
+    return jnp.sum(jnp.log(jnp.abs(jnp.diagonal(r))))
+
+
+def hutchinson_squared_norm(fn: Callable, z: jax.Array, u: jax.Array, key: jax.Array,
+                            num_probes: int, w: Optional[jax.Array] = None) -> jax.Array:
+    """Hutchinson estimate of ||u^T J + w^T||^2 at one point z (Eq. 19), differentiable.
+
+    For a row vector a (here a = u^T J + w^T, shape (d,)), E_v[(a v)^2] = a E[v v^T] a^T = ||a||^2
+    with v ~ N(0, I_d), so mean_k (u^T J v_k + w^T v_k)^2 is unbiased. Each u^T J v_k needs one
+    jvp (J v_k, then a dot with u) and never forms J. In EBM-BB u = grad_x E(G(z)) and
+    w = grad_z log p_g(G(z)) (Eqs. 18-19).
+
+    Args:
+      u: (D,) or fn's output shape. w: optional (d,); None means w = 0.
+      num_probes: static number of Gaussian probes averaged.
+    """
+    flat = _flat(fn)
+    u = jnp.ravel(u)
+    probes = jax.random.normal(key, (num_probes, z.shape[-1]), z.dtype)
+    # The primal is not batched, so vmap over tangents runs the forward pass once.
+    jv = jax.vmap(lambda t: jax.jvp(flat, (z,), (t,))[1])(probes)          # (K, D)
+    proj = jv @ u
+    if w is not None:
+        proj = proj + probes @ w
+    return jnp.mean(proj ** 2)
+
+
+def anisotropy_index(fn: Callable, z: jax.Array) -> jax.Array:
+    """Anisotropy index C_z = std({||J e_i||}_{i=1..d}) at one point z (Eq. 21).
+
+    Uses d jvp's of the standard basis vectors (vmapped). The std is the POPULATION standard
+    deviation (ddof=0, numpy's default), the paper does not say which one it uses.
+    """
+    flat = _flat(fn)
+    basis = jnp.eye(z.shape[-1], dtype=z.dtype)
+    cols = jax.vmap(lambda t: jax.jvp(flat, (z,), (t,))[1])(basis)         # (d, D) = J^T
+    return jnp.std(jnp.linalg.norm(cols, axis=1))

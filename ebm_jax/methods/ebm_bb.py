@@ -1,0 +1,321 @@
+"""EBM-BB and EBM-0GP (Geng et al. 2021, "Bounds all around"), and the WGAN-0GP baseline.
+
+All three share one iteration: n_critic energy updates, then one generator update, in one compiled
+call. They differ only in two switches:
+
+                 energy (critic) loss                                   generator loss
+  EBM-BB   upper bound, Eq. 15 with the hinge of Eq. 20 (p = 2)        -(lower bound), Eq. 11
+  EBM-0GP  Eq. 9 + zero-centred gradient penalty on real data          -(lower bound), Eq. 11
+  WGAN-0GP Eq. 9 + zero-centred gradient penalty on real data          mean E(G(z)) (no entropy)
+
+Lower bound (Eq. 11):  E_data[E] - E_g[E] + H[p_0] + E_z[d log s_1(z)],  H[p_0] = d/2 (1 + log 2 pi),
+with s_1 the smallest singular value of J_z = dG/dz found by LOBPCG on J^T J (entropy='lobpcg'), or
+the exact 0.5 log det J^T J in place of d log s_1 (entropy='exact', small latent sizes).
+
+Upper-bound penalty (Eqs. 18-20 with p = 2 and M / s_1^2 = c / d, Appendix C):
+  [ (c/d) E_z || grad_x E(G(z)) J_z + grad_z log p_g(G(z)) ||^2 - zeta ]_+
+with grad_z log p_g(G(z)) = -z - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator in place of
+the log-determinant, as Sec. 3 says), and the squared norm estimated by Hutchinson's estimator
+(Eq. 19) with `num_probes` Gaussian probes: (grad_x E J v) is one jvp of z -> E(G(z)) along v.
+
+Generators with batch normalisation: the per-sample map whose Jacobian is used normalises with the
+batch's statistics held fixed (see models.NormalizedGeneratorMLP), as the reference code's analytic
+Jacobians do. LOBPCG starts from the previous iteration's vectors, kept in the train state (the
+reference draws fresh random start vectors every call).
+"""
+import math
+from typing import Any, Dict
+
+import ml_collections
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebm_jax import estimators
+from ebm_jax.estimators import singular_values as sv
+from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import NormalizedGeneratorMLP, build_mlp
+
+ENTROPY_ESTIMATORS = ("lobpcg", "exact")
+
+
+def hinge(a):
+    return jnp.maximum(a, 0.0)
+
+
+def prior_entropy(d: int) -> float:
+    """H[N(0, I_d)] = d/2 (1 + log 2 pi)."""
+    return 0.5 * d * (1.0 + math.log(2.0 * math.pi))
+
+
+def critic_loss_zero_gp(e_real, e_fake, grad_sq_norm_real, penalty_weight):
+    """EBM-0GP / WGAN-0GP energy loss: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2."""
+    penalty = jnp.mean(grad_sq_norm_real)
+    return jnp.mean(e_real) - jnp.mean(e_fake) + penalty_weight * penalty, penalty
+
+
+def critic_loss_upper_bound(e_real, e_fake, hutchinson_sq, c, d, zeta):
+    """EBM-BB energy loss, Eq. 20 without the energy-independent terms:
+    mean E(x) - mean E(G(z)) + [ (c/d) mean_z ||grad_x E J + grad_z log p_g||^2 - zeta ]_+ ."""
+    penalty = hinge((c / d) * jnp.mean(hutchinson_sq) - zeta)
+    return jnp.mean(e_real) - jnp.mean(e_fake) + penalty, penalty
+
+
+def generator_loss(e_gen, log_volume):
+    """-(lower bound of Eq. 11) up to energy-of-data and H[p_0] constants:
+    mean E(G(z)) - mean_z [d log s_1(z)]  (or - mean 0.5 log det J^T J with entropy='exact')."""
+    return jnp.mean(e_gen) - jnp.mean(log_volume)
+
+
+class BidirectionalBounds(GeneratorEnergyMethod):
+    name = "ebm_bb"
+    use_entropy = True
+    use_upper_bound = True
+
+    def __init__(self, config, data_shape):
+        super().__init__(config, data_shape)
+        m = config.method
+        check_positive(config, "method.n_critic", integer=True)
+        if self.use_entropy:
+            if m.entropy not in ENTROPY_ESTIMATORS:
+                raise ConfigError(f"method.entropy {m.entropy!r} is unknown; valid estimators are {list(ENTROPY_ESTIMATORS)}.")
+            check_positive(config, "method.lobpcg_iters", integer=True)
+        if self.use_upper_bound:
+            check_positive(config, "method.bound_c")
+            check_positive(config, "method.zeta", allow_zero=True)
+            check_positive(config, "method.num_probes", integer=True)
+        else:
+            check_positive(config, "method.penalty_weight", allow_zero=True)
+        check_positive(config, "method.anisotropy_samples", integer=True)
+        mc = config.model
+        self.energy_net = build_mlp("energy", mc.energy.hidden, mc.energy.activation)
+        self.generator_net = NormalizedGeneratorMLP(
+            tuple(int(h) for h in mc.generator.hidden), self.data_shape, mc.generator.activation,
+            bool(mc.generator.get("batch_norm", True)))
+        self.batches_per_step = int(m.n_critic)
+        steps = int(config.train.num_steps)
+        self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
+        self.tx_generator = make_optimizer(config.optim, steps)
+        self.latent_dim = int(mc.latent_dim)
+
+    # ---- networks ----
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        k_e, k_g, k_v = jax.random.split(key, 3)
+        x = jnp.zeros((2,) + self.data_shape, jnp.float32)
+        z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
+        g_vars = self.generator_net.init(k_g, z)
+        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_vars["params"]}
+        batch = int(self.config.data.batch_size)
+        v0 = jax.random.normal(k_v, (batch, self.latent_dim))
+        return {"params": params,
+                "opt_state": {"energy": self.tx_energy.init(params["energy"]),
+                              "generator": self.tx_generator.init(params["generator"])},
+                "batch_stats": g_vars.get("batch_stats", {}),
+                # warm start of LOBPCG: one unit vector per batch row, updated every iteration
+                "singular_vectors": v0 / jnp.linalg.norm(v0, axis=1, keepdims=True)}
+
+    def inference_params(self, state):
+        return {**state["params"], "generator_stats": state["batch_stats"]}
+
+    def energy(self, params, x):
+        return self.energy_net.apply({"params": params["energy"]}, x)
+
+    def generate(self, params, z):
+        """Sampling: batch norm with the running averages (evaluation mode)."""
+        variables = {"params": params["generator"], "batch_stats": params.get("generator_stats", {})}
+        return self.generator_net.apply(variables, z, mode="running")[0]
+
+    def _generate_batch(self, g_params, batch_stats, z, update_stats: bool):
+        variables = {"params": g_params, "batch_stats": batch_stats}
+        if update_stats:
+            (x, stats), new = self.generator_net.apply(variables, z, mode="batch", mutable=["batch_stats"])
+            return x, stats, new.get("batch_stats", batch_stats)
+        x, stats = self.generator_net.apply(variables, z, mode="batch")
+        return x, stats, batch_stats
+
+    def _sample_map(self, g_params, batch_stats, stats):
+        """z (d,) -> G(z) for one sample, batch statistics fixed: the map whose Jacobian is J_z."""
+        variables = {"params": g_params, "batch_stats": batch_stats}
+        return lambda zz: self.generator_net.apply(variables, zz[None], mode="given", stats=stats)[0][0]
+
+    # ---- entropy pieces ----
+    def _log_volume(self, fn, z, key, v0):
+        """Per-sample d log s_1(z) (lobpcg) or 0.5 log det J^T J (exact), differentiable in the
+        generator's parameters and in z; also returns (s_1, new warm-start vector)."""
+        cfg = self.config.method
+        if cfg.entropy == "exact":
+            logdet = sv.log_det_jacobian(fn, z)
+            return logdet, jnp.exp(logdet / self.latent_dim), v0
+        _, v = sv.smallest_singular_value(fn, z, key, int(cfg.lobpcg_iters), v0)
+        v = jax.lax.stop_gradient(v)
+        # Rayleigh quotient with the converged vector held fixed: the exact gradient of s_1 at convergence
+        s1 = jnp.linalg.norm(jax.jvp(fn, (z,), (v,))[1].ravel())
+        return self.latent_dim * jnp.log(s1), s1, v
+
+    def _upper_bound_sq(self, e_params, fn, z, key, v0):
+        """Hutchinson estimate of ||grad_x E(G(z)) J_z + grad_z log p_g(G(z))||^2 for one z (Eq. 19)."""
+        k_lob, k_probe = jax.random.split(key)
+        log_vol_grad = jax.grad(lambda zz: self._log_volume(fn, zz, k_lob, v0)[0])(z)
+        w = jax.lax.stop_gradient(-z - log_vol_grad)   # grad_z log p_g(G(z)), Eq. 8; fixed for the energy
+        energy_of_z = lambda zz: self.energy({"energy": e_params}, fn(zz)[None])[0]
+        probes = jax.random.normal(k_probe, (int(self.config.method.num_probes),) + z.shape, z.dtype)
+        directional = jax.vmap(lambda v: jax.jvp(energy_of_z, (z,), (v,))[1] + jnp.dot(w, v))(probes)
+        return jnp.mean(directional ** 2)
+
+    def anisotropy(self, fn, z):
+        return sv.anisotropy_index(fn, z)
+
+    # ---- one iteration ----
+    def train_step(self, state, batch, key):
+        params, opt_state = state["params"], state["opt_state"]
+        batch_stats, v_prev = state["batch_stats"], state["singular_vectors"]
+        b = batch.shape[1]
+        cfg = self.config.method
+        d = self.latent_dim
+        k_critic, k_gen = jax.random.split(key)
+        g_params = params["generator"]
+
+        def critic_update(carry, inputs):
+            e_params, e_opt = carry
+            x_real, k = inputs
+            k_z, k_ub = jax.random.split(k)
+            z = self.prior(k_z, b)
+            x_fake, stats, _ = self._generate_batch(g_params, batch_stats, z, update_stats=False)
+            x_fake = jax.lax.stop_gradient(x_fake)
+            stats = jax.lax.stop_gradient(stats)
+
+            def loss_fn(ep):
+                energy_fn = lambda v: self.energy({"energy": ep}, v)
+                e_real, e_fake = energy_fn(x_real), energy_fn(x_fake)
+                if self.use_upper_bound:
+                    fn = self._sample_map(g_params, batch_stats, stats)
+                    keys = jax.random.split(k_ub, b)
+                    sq = jax.vmap(lambda zz, kk, vv: self._upper_bound_sq(ep, fn, zz, kk, vv))(z, keys, v_prev)
+                    loss, penalty = critic_loss_upper_bound(e_real, e_fake, sq, cfg.bound_c, d, cfg.zeta)
+                else:
+                    g = estimators.input_gradients(energy_fn, x_real)
+                    loss, penalty = critic_loss_zero_gp(e_real, e_fake, jnp.sum(g.reshape(b, -1) ** 2, axis=1),
+                                                        cfg.penalty_weight)
+                return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
+
+            grads, aux = jax.grad(loss_fn, has_aux=True)(e_params)
+            updates, e_opt = self.tx_energy.update(grads, e_opt, e_params)
+            return (optax.apply_updates(e_params, updates), e_opt), aux
+
+        keys = jax.random.split(k_critic, self.batches_per_step)
+        (e_params, e_opt), critic_metrics = jax.lax.scan(
+            critic_update, (params["energy"], opt_state["energy"]), (batch, keys))
+        last = jax.tree_util.tree_map(lambda a: a[-1], critic_metrics)
+
+        k_z, k_lob, k_aniso = jax.random.split(k_gen, 3)
+        z = self.prior(k_z, b)
+
+        def gen_loss_fn(gp):
+            x, stats, new_stats = self._generate_batch(gp, batch_stats, z, update_stats=True)
+            e_gen = self.energy({"energy": e_params}, x)
+            if self.use_entropy:
+                fn = self._sample_map(gp, batch_stats, stats)
+                log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
+                    z, jax.random.split(k_lob, b), v_prev)
+            else:
+                log_vol, s1, v_new = jnp.zeros((b,)), jnp.zeros((b,)), v_prev
+            loss = generator_loss(e_gen, log_vol)
+            n_aniso = min(int(cfg.anisotropy_samples), b)
+            fn_fixed = self._sample_map(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
+            aniso = jnp.mean(jax.vmap(lambda zz: self.anisotropy(fn_fixed, zz))(z[:n_aniso]))
+            return loss, (new_stats, v_new, {"energy_generated": jnp.mean(e_gen), "log_volume": jnp.mean(log_vol),
+                                             "s_min_mean": jnp.mean(s1), "s_min_min": jnp.min(s1),
+                                             "s_min_max": jnp.max(s1), "anisotropy": aniso})
+
+        g_grads, (new_stats, v_new, gen_metrics) = jax.grad(gen_loss_fn, has_aux=True)(g_params)
+        g_updates, g_opt = self.tx_generator.update(g_grads, opt_state["generator"], g_params)
+        v_new = jax.lax.stop_gradient(v_new)
+        v_new = v_new / jnp.maximum(jnp.linalg.norm(v_new, axis=1, keepdims=True), 1e-12)
+
+        weight = 1.0 if self.use_upper_bound else cfg.penalty_weight
+        metrics = {
+            **last, **gen_metrics,
+            "energy_loss": last["energy_real"] - last["energy_fake"] + weight * last["penalty"],
+            "generator_loss": gen_metrics["energy_generated"] - gen_metrics["log_volume"],
+        }
+        if self.use_entropy:
+            metrics["entropy"] = prior_entropy(d) + gen_metrics["log_volume"]
+            metrics["lower_bound"] = last["energy_real"] - gen_metrics["energy_generated"] + metrics["entropy"]
+        else:  # no entropy estimate: the s_1 statistics would be placeholders
+            for k in ("log_volume", "s_min_mean", "s_min_min", "s_min_max"):
+                metrics.pop(k)
+        if self.use_upper_bound:
+            metrics["upper_bound"] = metrics["lower_bound"] + last["penalty"]
+        new_state = {"params": {"energy": e_params, "generator": optax.apply_updates(g_params, g_updates)},
+                     "opt_state": {"energy": e_opt, "generator": g_opt},
+                     "batch_stats": new_stats, "singular_vectors": v_new}
+        return new_state, metrics
+
+
+class ZeroGPBounds(BidirectionalBounds):
+    """EBM-0GP: EBM-BB's generator (lower bound) with the zero-centred gradient penalty as critic regulariser."""
+    name = "ebm_0gp"
+    use_upper_bound = False
+
+
+class WGANZeroGP(BidirectionalBounds):
+    """WGAN-0GP: the 0GP critic and a generator with no entropy term (the paper's baseline)."""
+    name = "wgan_0gp"
+    use_entropy = False
+    use_upper_bound = False
+
+
+TOYS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
+
+
+def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:
+    """The shared config of configs/ebm_bb.py, ebm_0gp.py and wgan_0gp.py (see their docstrings)."""
+    from ebm_jax import configlib
+    c = configlib.base_config()
+    c.method.name = method_name
+    c.method.n_critic = 1
+    c.method.entropy = "lobpcg"       # d log s_1 (Eq. 11); 'exact' = 0.5 log det J^T J, for small d
+    c.method.lobpcg_iters = 5
+    c.method.bound_c = 0.001          # M / s_1^2 = c / d (Appendix C; 0.1 for density estimation / OOD)
+    c.method.zeta = 1.0               # hinge margin of Eq. 20
+    c.method.num_probes = 1           # Hutchinson probes of Eq. 19
+    c.method.penalty_weight = 0.1     # EBM-0GP / WGAN-0GP: weight of the zero-centred gradient penalty
+    c.method.anisotropy_samples = 16  # z's per iteration for the logged C_z of Eq. 21
+
+    # Table 6 (toys): energy 2-100-100-1 with PReLU; generator 2-100-100-2 with Linear, PReLU, BN.
+    c.model.latent_dim = 2
+    c.model.energy = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu"})
+    c.model.generator = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "batch_norm": True})
+    del c.model["statistics"]
+
+    # Table 11 (toys): Adam(0.0, 0.9), lr 2e-4, batch 200, latent 2 (150k iterations in the paper).
+    c.optim.name = "adam"
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.0
+    c.optim.b2 = 0.9
+    c.optim.schedule = "constant"
+    c.data.batch_size = 200
+    c.train.num_steps = 20_000
+    c.train.log_every = 200
+    c.train.eval_every = 5000
+    c.train.checkpoint_every = 5000
+
+    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",), extras=("paper",))
+    c.data.name = tokens.get("dataset", "25gaussians")
+    if c.data.name == "mnist":
+        # Table 7 MLPs (input 784: the table's 2352 = 3 x 784 counts three identical channels),
+        # Table 11: batch 64, latent 128, 60 epochs.
+        c.data.data_dir = "../shared/data/mnist"
+        c.data.batch_size = 64
+        c.model.latent_dim = 128
+        c.model.energy.hidden = (2000, 1000, 500, 250, 250)
+        c.model.generator.hidden = (500, 1000, 2000)
+        c.train.num_steps = 60 * 60000 // 64
+        c.train.eval_every = 0
+        c.eval.num_samples = 64
+        c.sampling.num_samples = 64
+        c.sampling.step_size = 1e-4
+    if "paper" in tokens["extras"] and c.data.name != "mnist":
+        c.train.num_steps = 150_000
+    return c
