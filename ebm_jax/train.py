@@ -253,7 +253,8 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
         if final:
             write_json_atomic(os.path.join(workdir, "eval_final.json"), {"step": step_now, **metrics})
             if png is not None:
-                evaluation.write_atomic(os.path.join(workdir, "density.png"), png)
+                picture = "density.png" if trainer.dataset.is_2d else "samples.png"
+                evaluation.write_atomic(os.path.join(workdir, picture), png)
         return metrics
 
     try:
@@ -298,8 +299,8 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
             metrics = run_eval(final_step, final=True)
             _say(f"step {final_step}: " + ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
-            _say(f"wrote {os.path.join(workdir, 'eval_final.json')}"
-                 + (f" and {os.path.join(workdir, 'density.png')}" if trainer.dataset.is_2d else ""))
+            picture = "density.png" if trainer.dataset.is_2d else "samples.png"
+            _say(f"wrote {os.path.join(workdir, 'eval_final.json')} and {os.path.join(workdir, picture)}")
     finally:
         if bar is not None:
             bar.close()

@@ -158,10 +158,9 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         k_lob, k_probe = jax.random.split(key)
         log_vol_grad = jax.grad(lambda zz: self._log_volume(fn, zz, k_lob, v0)[0])(z)
         w = jax.lax.stop_gradient(-z - log_vol_grad)   # grad_z log p_g(G(z)), Eq. 8; fixed for the energy
-        energy_of_z = lambda zz: self.energy({"energy": e_params}, fn(zz)[None])[0]
-        probes = jax.random.normal(k_probe, (int(self.config.method.num_probes),) + z.shape, z.dtype)
-        directional = jax.vmap(lambda v: jax.jvp(energy_of_z, (z,), (v,))[1] + jnp.dot(w, v))(probes)
-        return jnp.mean(directional ** 2)
+        # u = grad_x E at x = G(z): the estimate is differentiable in the energy's parameters through u
+        u = jax.grad(lambda xx: self.energy({"energy": e_params}, xx[None])[0])(fn(z))
+        return sv.hutchinson_squared_norm(fn, z, u, k_probe, int(self.config.method.num_probes), w)
 
     def anisotropy(self, fn, z):
         return sv.anisotropy_index(fn, z)
@@ -266,6 +265,7 @@ class WGANZeroGP(BidirectionalBounds):
     use_upper_bound = False
 
 
+METHOD_CLASSES = {"ebm_bb": BidirectionalBounds, "ebm_0gp": ZeroGPBounds, "wgan_0gp": WGANZeroGP}
 TOYS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
 
 

@@ -1,0 +1,184 @@
+"""EBM-BB / EBM-0GP / WGAN-0GP: losses equal the paper's equations on hand-checkable cases, and each
+config trains a few steps, checkpoints, loads and samples."""
+import gzip
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import SHARED
+from ebm_jax import configlib, train
+from ebm_jax.methods import ebm_bb
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_prior_entropy():
+    for d in (1, 2, 128):
+        assert ebm_bb.prior_entropy(d) == pytest.approx(0.5 * d * (1 + math.log(2 * math.pi)))
+
+
+def test_critic_losses_by_hand():
+    e_real, e_fake = jnp.array([1.0, 3.0]), jnp.array([5.0, 7.0])
+    loss, pen = ebm_bb.critic_loss_zero_gp(e_real, e_fake, jnp.array([4.0, 8.0]), 0.5)
+    assert float(pen) == pytest.approx(6.0) and float(loss) == pytest.approx(2.0 - 6.0 + 3.0)
+    # Eq. 20: hinge inactive when (c/d) mean ||.||^2 <= zeta ...
+    loss, pen = ebm_bb.critic_loss_upper_bound(e_real, e_fake, jnp.array([100.0, 300.0]), 0.01, 2, 1.0)
+    assert float(pen) == 0.0 and float(loss) == pytest.approx(-4.0)
+    # ... and linear beyond it: (0.1 / 2) * 200 - 1 = 9
+    loss, pen = ebm_bb.critic_loss_upper_bound(e_real, e_fake, jnp.array([100.0, 300.0]), 0.1, 2, 1.0)
+    assert float(pen) == pytest.approx(9.0) and float(loss) == pytest.approx(-4.0 + 9.0)
+
+
+def test_generator_loss_by_hand():
+    assert float(ebm_bb.generator_loss(jnp.array([1.0, 2.0]), jnp.array([0.5, -1.5]))) == pytest.approx(1.5 + 0.5)
+
+
+def linear_method(name, a, b, probes=1):
+    """A method whose generator is G(z) = A z + b (no batch norm, identity activation)."""
+    config = configlib.load_config(os.path.join(REPO, "configs", f"{name}.py"))
+    config.model.generator.hidden = ()
+    config.model.generator.batch_norm = False
+    config.method.num_probes = probes
+    config.method.lobpcg_iters = 30
+    method = ebm_bb.METHOD_CLASSES[name](config, (a.shape[0],))
+    state = method.init(jax.random.PRNGKey(0), None)
+    state["params"]["generator"] = {"Dense_0": {"kernel": jnp.asarray(a.T), "bias": jnp.asarray(b)}}
+    return method, state
+
+
+def test_upper_bound_term_matches_explicit_formula():
+    # Linear G: J = A, s_1 constant, so grad_z log p_g(G(z)) = -z and the Eq. 19 quantity is
+    # || A^T grad_x E(A z + b) - z ||^2, written out here with a quadratic energy E(x) = 0.5 x^T Q x.
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 2)).astype(np.float32)
+    b = rng.normal(size=3).astype(np.float32)
+    q = np.diag([1.0, 2.0, 0.5]).astype(np.float32)
+    method, state = linear_method("ebm_bb", a, b, probes=40000)
+    method.energy = lambda params, x: 0.5 * jnp.einsum("bi,ij,bj->b", x, q, x)
+    z = np.array([0.3, -0.7], np.float32)
+    fn = method._sample_map(state["params"]["generator"], {}, [])
+    estimate = float(method._upper_bound_sq(None, fn, jnp.asarray(z), jax.random.PRNGKey(3), jnp.array([1.0, 0.0])))
+    exact = np.sum((a.T @ (q @ (a @ z + b)) - z) ** 2)
+    # Hutchinson with Gaussian probes: Var[(g.v)^2] = 2 ||g||^4, so the standard error is sqrt(2/n) ||g||^2
+    assert estimate == pytest.approx(exact, rel=5 * math.sqrt(2 / 40000))
+
+
+def test_generator_entropy_is_d_log_smallest_singular_value():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(4, 2)).astype(np.float32)
+    method, state = linear_method("ebm_0gp", a, np.zeros(4, np.float32))
+    batch = jnp.zeros((1, int(method.config.data.batch_size), 4))
+    _, metrics = jax.jit(method.train_step)(state, batch, jax.random.PRNGKey(0))
+    s1 = np.linalg.svd(a, compute_uv=False)[-1]
+    assert float(metrics["log_volume"]) == pytest.approx(2 * np.log(s1), rel=1e-4)
+    assert float(metrics["s_min_min"]) == pytest.approx(s1, rel=1e-4)
+    assert float(metrics["entropy"]) == pytest.approx(ebm_bb.prior_entropy(2) + 2 * np.log(s1), rel=1e-4)
+    # C_z of a linear map: the std of A's column norms
+    assert float(metrics["anisotropy"]) == pytest.approx(np.std(np.linalg.norm(a, axis=0)), rel=1e-4)
+
+
+def test_batch_norm_generator_modes():
+    from ebm_jax.models import NormalizedGeneratorMLP
+    g = NormalizedGeneratorMLP((8, 8), (2,))
+    variables = g.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))
+    z = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
+    (x, stats), new = g.apply(variables, z, mutable=["batch_stats"])
+    per_sample = jax.vmap(lambda zz: g.apply(variables, zz[None], mode="given", stats=stats)[0][0])(z)
+    np.testing.assert_allclose(per_sample, x, rtol=1e-5, atol=1e-6)
+    h = jax.nn.leaky_relu(z @ variables["params"]["Dense_0"]["kernel"] + variables["params"]["Dense_0"]["bias"], 0.25)
+    np.testing.assert_allclose(new["batch_stats"]["mean_0"], 0.1 * h.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(new["batch_stats"]["var_0"], 0.9 + 0.1 * h.var(0) * 16 / 15, rtol=1e-5)
+
+
+TINY = {"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2, "train.eval_every": 0,
+        "train.progress_bar": False, "data.num_train": 1000, "data.num_test": 200, "data.batch_size": 32,
+        "eval.grid_size": 40, "eval.num_samples": 100, "sampling.mcmc_steps": 3}
+
+
+def apply(config, overrides):
+    for path, value in overrides.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize("name", ["ebm_bb", "ebm_0gp", "wgan_0gp"])
+@pytest.mark.parametrize("entropy", ["lobpcg", "exact"])
+def test_toy_config_trains_loads_and_samples(tmp_path, name, entropy):
+    if name == "wgan_0gp" and entropy == "exact":
+        pytest.skip("WGAN-0GP has no entropy term")
+    config = apply(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":swissroll"),
+                   {**TINY, "method.entropy": entropy})
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state["step"]) == 4
+    v = np.asarray(state["singular_vectors"])
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, rtol=1e-5)   # warm-start vectors kept
+    import ebm_jax
+    model = ebm_jax.load(str(tmp_path))
+    x = np.asarray(model.sample(jax.random.PRNGKey(0), 10))
+    assert x.shape == (10, 2) and np.all(np.isfinite(x))
+    xm = np.asarray(model.sample(jax.random.PRNGKey(0), 10, mcmc_steps=5))
+    assert xm.shape == (10, 2) and np.all(np.isfinite(xm))
+    assert np.all(np.isfinite(np.asarray(model.energy(x))))
+    final = __import__("json").load(open(os.path.join(str(tmp_path), "eval_final.json")))
+    assert np.isfinite(final["test_nll"]) and final["generator/anisotropy"] >= 0
+
+
+def test_logged_metrics(tmp_path):
+    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_bb.py")), TINY)
+    trainer = train.Trainer(config)
+    state = trainer.init_state()
+    state, metrics = trainer.iteration(state, trainer.batch(0), trainer.base_key)
+    assert {"lower_bound", "upper_bound", "entropy", "s_min_mean", "s_min_min", "anisotropy", "penalty"} <= set(metrics)
+    assert float(metrics["upper_bound"]) >= float(metrics["lower_bound"])
+
+
+def _write_idx(path, arr):
+    header = bytes([0, 0, 8, arr.ndim]) + b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_mnist_reader_on_fake_idx_files(tmp_path):
+    from ebm_jax.data import DataError, get_dataset
+    import ml_collections
+    rng = np.random.default_rng(0)
+    train_imgs = rng.integers(0, 256, size=(50, 28, 28))
+    _write_idx(str(tmp_path / "train-images-idx3-ubyte.gz"), train_imgs)
+    _write_idx(str(tmp_path / "t10k-images-idx3-ubyte.gz"), rng.integers(0, 256, size=(20, 28, 28)))
+    ds = get_dataset(ml_collections.ConfigDict({"name": "mnist", "data_dir": str(tmp_path), "seed": 0}))
+    assert ds.train.shape == (50, 28, 28, 1) and ds.test.shape == (20, 28, 28, 1)
+    np.testing.assert_allclose(ds.train[..., 0], train_imgs / 127.5 - 1.0, atol=1e-6)
+    with pytest.raises(DataError, match=r"has no train-images-idx3-ubyte.gz"):
+        get_dataset(ml_collections.ConfigDict({"name": "mnist", "data_dir": str(tmp_path / "nope"), "seed": 0}))
+    (tmp_path / "t10k-images-idx3-ubyte.gz").write_bytes(b"junk")
+    with pytest.raises(DataError, match=r"could not be read"):
+        get_dataset(ml_collections.ConfigDict({"name": "mnist", "data_dir": str(tmp_path), "seed": 0}))
+
+
+MNIST_DIR = os.path.join(SHARED, "data", "mnist")
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
+                    reason="../shared/data/mnist is not here (MNIST cannot be downloaded in tests)")
+@pytest.mark.parametrize("name", ["ebm_bb", "ebm_0gp", "wgan_0gp"])
+def test_mnist_config_few_steps(tmp_path, name):
+    config = apply(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":mnist"),
+                   {"data.data_dir": MNIST_DIR, "train.num_steps": 2, "train.log_every": 1,
+                    "train.checkpoint_every": 2, "train.progress_bar": False, "eval.num_samples": 16,
+                    "sampling.mcmc_steps": 2, "method.lobpcg_iters": 2, "method.anisotropy_samples": 2})
+    assert config.model.latent_dim == 128 and config.data.batch_size == 64
+    state = train.train_and_evaluate(config, str(tmp_path))
+    assert int(state["step"]) == 2
+    import ebm_jax
+    model = ebm_jax.load(str(tmp_path))
+    x = np.asarray(model.sample(jax.random.PRNGKey(0), 4))
+    assert x.shape == (4, 28, 28, 1) and np.all(np.isfinite(x))
+    assert np.all(np.isfinite(np.asarray(model.energy(x))))
