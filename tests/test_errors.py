@@ -32,7 +32,7 @@ def one_sentence(msg):
 def test_unknown_method_lists_valid_ones(tmp_path):
     config = tiny_config()
     config.method.name = "nope"
-    with pytest.raises(ConfigError, match=r"method.name 'nope' is unknown; valid methods are \['meg'\]") as e:
+    with pytest.raises(ConfigError, match=r"method.name 'nope' is unknown; valid methods are \['ebm_0gp', 'ebm_bb', 'meg', 'wgan_0gp'\]") as e:
         train.train_and_evaluate(config, str(tmp_path))
     one_sentence(e.value)
 
