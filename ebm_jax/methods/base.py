@@ -8,15 +8,12 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators
+from ebm_jax.errors import ConfigError
 
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 SPACES = ("latent", "data")
 ANOMALY_KINDS = ("energy", "score_norm")
-
-
-class ConfigError(ValueError):
-    """A config field with a value the library cannot use."""
 
 
 def learning_rate(optim_config, total_updates: int):

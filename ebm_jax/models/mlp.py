@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ebm_jax.errors import ConfigError
+
 ACTIVATIONS = {
     "relu": nn.relu,
     "leaky_relu": lambda x: nn.leaky_relu(x, 0.2),
@@ -21,7 +23,7 @@ ACTIVATIONS = {
 
 def get_activation(name: str) -> Callable:
     if name not in ACTIVATIONS:
-        raise ValueError(
+        raise ConfigError(
             f"model activation {name!r} is unknown; valid activations are {sorted(ACTIVATIONS) + ['prelu']}.")
     return ACTIVATIONS[name]
 
@@ -94,7 +96,7 @@ def build_mlp(kind: str, hidden, activation, out_shape=None):
         return GeneratorMLP(hidden, tuple(out_shape), activation)
     if kind == "statistics":
         return StatisticsMLP(hidden, activation)
-    raise ValueError(f"unknown MLP kind {kind!r}; valid kinds are ['energy', 'generator', 'statistics'].")
+    raise ConfigError(f"unknown MLP kind {kind!r}; valid kinds are ['energy', 'generator', 'statistics'].")
 
 
 class NormalizedGeneratorMLP(nn.Module):
