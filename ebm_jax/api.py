@@ -103,7 +103,7 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
             return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.zeros((), jnp.int32), **state}
 
         shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
-        checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes["params"]), workdir)
+        checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes), workdir)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
         state = checkpointing.restore_state(manager, step, abstract)

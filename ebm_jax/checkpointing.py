@@ -1,9 +1,9 @@
 """Orbax checkpoints of the train state plus the config and a small metadata record.
 
 A step directory holds three items: 'state' (the pytree), 'config' (the ConfigDict as JSON) and 'meta'
-(method, data and latent shapes, parameter shapes). Before a resume or a load, the metadata is compared
-with what the current config builds, so that a workdir of another method or other shapes is refused
-with a sentence instead of an orbax stack trace. Orbax writes each step to a temporary directory and
+(method, data and latent shapes, the shape of every state entry). Before a resume or a load, the
+metadata is compared with what the current config builds, so that a workdir of another method or
+other shapes is refused with a sentence instead of an orbax stack trace. Orbax writes each step to a temporary directory and
 renames it when complete, so an interrupted save never replaces a good checkpoint.
 """
 import json
@@ -32,14 +32,17 @@ def make_manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) ->
                                  item_names=("state", "config", "meta"))
 
 
-def param_shapes(params) -> Dict[str, list]:
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+def tree_shapes(tree) -> Dict[str, list]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(path): list(np.shape(leaf)) for path, leaf in flat}
 
 
-def make_meta(method, params) -> Dict[str, Any]:
+def make_meta(method, state) -> Dict[str, Any]:
+    """What a checkpoint must match to be resumed or loaded: method, shapes, and the shape of every
+    state entry except the optimiser state (which mirrors the parameters)."""
+    tree = {k: v for k, v in state.items() if k != "opt_state"}
     return {"method": method.name, "data_shape": list(method.data_shape),
-            "latent_shape": list(method.latent_shape), "param_shapes": param_shapes(params)}
+            "latent_shape": list(method.latent_shape), "state_shapes": tree_shapes(tree)}
 
 
 def save(manager: ocp.CheckpointManager, step: int, state, config, meta) -> None:
@@ -77,12 +80,12 @@ def check_meta(saved: Dict[str, Any], current: Dict[str, Any], where: str) -> No
             raise CheckpointError(
                 f"{where} holds a checkpoint with {key} {saved.get(key)}, but the config gives {current[key]}; "
                 "use another --workdir or the matching config.")
-    s_shapes, c_shapes = saved.get("param_shapes", {}), current["param_shapes"]
+    s_shapes, c_shapes = saved.get("state_shapes", {}), current["state_shapes"]
     for name in sorted(set(s_shapes) | set(c_shapes)):
         if s_shapes.get(name) != c_shapes.get(name):
             raise CheckpointError(
-                f"{where} holds a checkpoint whose parameter {name} has shape {s_shapes.get(name)}, but the config "
-                f"builds {c_shapes.get(name)}; use another --workdir or the config the checkpoint was made with.")
+                f"{where} holds a checkpoint whose state entry {name} has shape {s_shapes.get(name)}, but the "
+                f"config builds {c_shapes.get(name)}; use another --workdir or the config the checkpoint was made with.")
 
 
 def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state):

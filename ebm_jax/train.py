@@ -215,7 +215,7 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
     method, num_steps = trainer.method, int(config.train.num_steps)
 
     state = trainer.init_state()
-    current_meta = checkpointing.make_meta(method, jax.device_get(state["params"]))
+    current_meta = checkpointing.make_meta(method, jax.eval_shape(lambda: state))
     latest = manager.latest_step()
     if latest is not None:
         saved = checkpointing.restore_json(manager, latest)
@@ -267,22 +267,22 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
                     _check_finite(state, manager, workdir)
                     means = {k: float(v) for k, v in jax.device_get(
                         jax.tree_util.tree_map(lambda *xs: jnp.mean(jnp.stack(xs)), *pending)).items()}
+                    rate = len(pending) / max(time.time() - t_log, 1e-9)
                     pending = []
-                    rate = config.train.log_every / max(time.time() - t_log, 1e-9)
                     t_log = time.time()
                     if writer is not None:
                         for k, v in means.items():
                             writer.add_scalar(f"train/{k}", v, done)
                         writer.add_scalar("train/steps_per_second", rate, done)
                     if bar is not None:
-                        bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()
-                                         if k in ("energy_loss", "generator_loss", "mutual_information", "penalty")},
+                        bar.set_postfix({k: f"{means[k]:.3g}" for k in method.progress_metrics if k in means},
                                         refresh=False)
                 if bar is not None:
                     bar.update(1)
                 if done % config.train.checkpoint_every == 0:
                     save(done)
                 if config.train.eval_every and done % config.train.eval_every == 0 and done != num_steps:
+                    _check_finite(state, manager, workdir)
                     run_eval(done)
                 if stop.signum is not None:
                     save(done)

@@ -182,3 +182,14 @@ def test_mnist_config_few_steps(tmp_path, name):
     x = np.asarray(model.sample(jax.random.PRNGKey(0), 4))
     assert x.shape == (4, 28, 28, 1) and np.all(np.isfinite(x))
     assert np.all(np.isfinite(np.asarray(model.energy(x))))
+
+
+def test_resume_with_other_batch_size_names_the_state_entry(tmp_path):
+    from ebm_jax import checkpointing
+    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")), TINY)
+    train.train_and_evaluate(config, str(tmp_path))
+    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")),
+                   {**TINY, "data.batch_size": 16, "train.num_steps": 8})
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=r"state entry \['singular_vectors'\] has shape \[32, 2\], but the config builds \[16, 2\]"):
+        train.train_and_evaluate(config, str(tmp_path))

@@ -132,8 +132,9 @@ def trained(tmp_path):
 def test_workdir_with_other_shapes_is_refused_untouched(trained):
     before = tree_digest(os.path.join(trained, "checkpoints"))
     config = tiny_config(**{"model.energy.hidden": (8, 8), "train.num_steps": 12})
-    with pytest.raises(checkpointing.CheckpointError, match=r"parameter \['energy'\]\['MLP_0'\]\['Dense_0'\]\['bias'\] "
-                                                            r"has shape \[16\], but the config builds \[8\]") as e:
+    with pytest.raises(checkpointing.CheckpointError, match=r"state entry \['params'\]\['energy'\]\['MLP_0'\]"
+                                                            r"\['Dense_0'\]\['bias'\] has shape \[16\], but the "
+                                                            r"config builds \[8\]") as e:
         train.train_and_evaluate(config, trained)
     one_sentence(e.value)
     assert tree_digest(os.path.join(trained, "checkpoints")) == before

@@ -63,6 +63,7 @@ class GeneratorEnergyMethod:
 
     # ---- to be provided by a method ----
     batches_per_step = 1
+    progress_metrics = ("energy_loss", "generator_loss")  # shown in the progress bar
 
     def init(self, key, example_batch) -> Dict[str, Any]:
         raise NotImplementedError

@@ -70,6 +70,7 @@ def generator_loss(e_gen, log_volume):
 
 class BidirectionalBounds(GeneratorEnergyMethod):
     name = "ebm_bb"
+    progress_metrics = ("lower_bound", "upper_bound", "entropy", "s_min_mean", "penalty", "energy_loss")
     use_entropy = True
     use_upper_bound = True
 

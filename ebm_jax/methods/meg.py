@@ -33,6 +33,7 @@ def generator_loss(energy_fn, statistics_fn, x_fake, z, z_shuffled):
 
 class MEG(GeneratorEnergyMethod):
     name = "meg"
+    progress_metrics = ("energy_loss", "generator_loss", "mutual_information", "penalty")
 
     def __init__(self, config, data_shape):
         super().__init__(config, data_shape)
