@@ -7,7 +7,6 @@
     s = model.anomaly_score(x, kind="energy")        # or "score_norm"
 """
 import os
-from functools import partial
 from typing import Optional
 
 import jax
@@ -98,11 +97,8 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
         except ConfigError as e:
             raise checkpointing.CheckpointError(f"{workdir}: the saved config cannot build its method ({e})") from e
 
-        def init(key):
-            state = method.init(key, None)
-            return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.zeros((), jnp.int32), **state}
-
-        shapes = jax.eval_shape(init, jax.random.PRNGKey(0))
+        from ebm_jax.train import init_full_state
+        shapes = jax.eval_shape(lambda k: init_full_state(method, k), jax.random.PRNGKey(0))
         checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes), workdir)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)

@@ -9,7 +9,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict({
         "name": "25gaussians",   # a toy name, see ebm_jax/data/toys.py
         "path": "",              # a .npy/.npz file of shape (N, D); overrides name when set
-        "data_dir": "",          # where file-based datasets live (used by later dataset readers)
+        "data_dir": "",          # folder of file-based datasets (mnist: the idx files); nothing is downloaded
         "seed": 0,               # data generation, train/test split and batch order
         "num_train": 100_000,    # toys: points generated for training (the MEG reference uses 100k)
         "num_test": 10_000,      # toys: held-out points for the NLL

@@ -32,6 +32,12 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite."""
 
 
+def init_full_state(method, key):
+    """The method's state plus the loop's own entries: the step, and the first step whose loss was
+    non-finite (-1 while none was)."""
+    return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.full((), -1, jnp.int32), **method.init(key, None)}
+
+
 class Trainer:
     """Compiled iteration, state initialisation and batching for one config and dataset."""
 
@@ -58,8 +64,7 @@ class Trainer:
 
     # -- state --
     def _init_state(self, key):
-        state = self.method.init(key, None)
-        return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.full((), -1, jnp.int32), **state}
+        return init_full_state(self.method, key)
 
     def init_state(self):
         key = jax.random.fold_in(self.base_key, 0x1417)  # init key, distinct from every step key

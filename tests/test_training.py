@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, cli_flags, tiny_config
-from ebm_jax import checkpointing, train
+from ebm_jax import train
 
 
 def run(cmd, env=None, timeout=300):
