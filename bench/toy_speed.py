@@ -1,6 +1,7 @@
 """Iterations/s and compile seconds of every method's toy config on the current backend.
 
     python bench/toy_speed.py                          # all toy configs, their default sizes
+    python bench/toy_speed.py --configs configs/meg.py:paper   # MEG at the reference size (3x512, batch 256)
     python bench/toy_speed.py --configs configs/ebm_bb.py configs/meg.py:paper --iters 300
     python bench/toy_speed.py --json toy_speed.json
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from ebm_jax import checkpointing
 from ebm_jax.methods import get_method
 from ebm_jax.methods.base import ConfigError
+from ebm_jax.train import init_full_state
 
 
 class Model:
@@ -97,7 +98,6 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
         except ConfigError as e:
             raise checkpointing.CheckpointError(f"{workdir}: the saved config cannot build its method ({e})") from e
 
-        from ebm_jax.train import init_full_state
         shapes = jax.eval_shape(lambda k: init_full_state(method, k), jax.random.PRNGKey(0))
         checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes), workdir)
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

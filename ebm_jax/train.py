@@ -5,6 +5,7 @@ train_step, energy, generate and sample. One iteration of a method (all its inne
 jit-compiled call with the state donated; the rng of iteration s is fold_in(key, s) and its data batch
 is a function of s alone, so a resumed run reproduces an uninterrupted one exactly.
 """
+import io
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import numpy as np
 
 from ebm_jax import checkpointing, configlib, evaluation, parallel
 from ebm_jax.data import get_dataset
+from ebm_jax.estimators import singular_values
 from ebm_jax.methods import get_method
 from ebm_jax.methods.base import ConfigError
 
@@ -117,7 +119,6 @@ def evaluate_model(method, params, dataset, config, key):
         samples["mcmc"] = np.asarray(x)
         metrics["mcmc/acceptance_rate"] = float(rate)
     # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
-    from ebm_jax.estimators import singular_values
     z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
     metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
         lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
@@ -318,7 +319,7 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
 
 def evaluate(workdir: str, config=None, step: Optional[int] = None):
     """--mode=eval: metrics of a checkpoint written to workdir/eval/ as JSON and TensorBoard scalars."""
-    from ebm_jax import api
+    from ebm_jax import api  # here, not at the top: api imports this module
     model = api.load(workdir, step=step, config_overrides=config)
     dataset = get_dataset(model.config.data)
     metrics, png, _ = evaluate_model(model.method, model.params, dataset, model.config,
@@ -338,7 +339,7 @@ def evaluate(workdir: str, config=None, step: Optional[int] = None):
 
 def sample(workdir: str, config=None, step: Optional[int] = None):
     """--mode=sample: samples of a checkpoint written to workdir/samples/ as .npz and a picture."""
-    from ebm_jax import api
+    from ebm_jax import api  # here, not at the top: api imports this module
     model = api.load(workdir, step=step, config_overrides=config)
     s = model.config.sampling
     key = jax.random.fold_in(jax.random.PRNGKey(int(model.config.train.seed) + 2), model.step)
@@ -347,7 +348,7 @@ def sample(workdir: str, config=None, step: Optional[int] = None):
     out = os.path.join(os.path.abspath(workdir), "samples")
     os.makedirs(out, exist_ok=True)
     base = os.path.join(out, f"samples_step{model.step}")
-    buf = __import__("io").BytesIO()
+    buf = io.BytesIO()
     np.savez(buf, x=x, acceptance_rate=np.asarray(rate), step=np.asarray(model.step))
     evaluation.write_atomic(base + ".npz", buf.getvalue())
     if x.ndim == 2 and x.shape[1] == 2:

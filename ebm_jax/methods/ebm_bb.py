@@ -16,7 +16,7 @@ Upper-bound penalty (Eqs. 18-20 with p = 2 and M / s_1^2 = c / d, Appendix C):
   [ (c/d) E_z || grad_x E(G(z)) J_z + grad_z log p_g(G(z)) ||^2 - zeta ]_+
 with grad_z log p_g(G(z)) = -z - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator in place of
 the log-determinant, as Sec. 3 says), and the squared norm estimated by Hutchinson's estimator
-(Eq. 19) with `num_probes` Gaussian probes: (grad_x E J v) is one jvp of z -> E(G(z)) along v.
+(Eq. 19) with `num_probes` Gaussian probes (estimators.hutchinson_squared_norm).
 
 Generators with batch normalisation: the per-sample map whose Jacobian is used normalises with the
 batch's statistics held fixed (see models.NormalizedGeneratorMLP), as the reference code's analytic
@@ -32,9 +32,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ebm_jax import estimators
 from ebm_jax.estimators import singular_values as sv
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+# EBM-0GP's and WGAN-0GP's critic loss is MEG's L_E: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2
+from ebm_jax.methods.meg import energy_loss as zero_gp_energy_loss
 from ebm_jax.models import NormalizedGeneratorMLP, build_mlp
 
 ENTROPY_ESTIMATORS = ("lobpcg", "exact")
@@ -47,12 +48,6 @@ def hinge(a):
 def prior_entropy(d: int) -> float:
     """H[N(0, I_d)] = d/2 (1 + log 2 pi)."""
     return 0.5 * d * (1.0 + math.log(2.0 * math.pi))
-
-
-def critic_loss_zero_gp(e_real, e_fake, grad_sq_norm_real, penalty_weight):
-    """EBM-0GP / WGAN-0GP energy loss: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2."""
-    penalty = jnp.mean(grad_sq_norm_real)
-    return jnp.mean(e_real) - jnp.mean(e_fake) + penalty_weight * penalty, penalty
 
 
 def critic_loss_upper_bound(e_real, e_fake, hutchinson_sq, c, d, zeta):
@@ -98,7 +93,6 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
         self.tx_generator = make_optimizer(config.optim, steps)
-        self.latent_dim = int(mc.latent_dim)
 
     # ---- networks ----
     def init(self, key, example_batch) -> Dict[str, Any]:
@@ -108,7 +102,7 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         g_vars = self.generator_net.init(k_g, z)
         params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_vars["params"]}
         batch = int(self.config.data.batch_size)
-        v0 = jax.random.normal(k_v, (batch, self.latent_dim))
+        v0 = jax.random.normal(k_v, (batch,) + self.latent_shape)
         return {"params": params,
                 "opt_state": {"energy": self.tx_energy.init(params["energy"]),
                               "generator": self.tx_generator.init(params["generator"])},
@@ -142,29 +136,24 @@ class BidirectionalBounds(GeneratorEnergyMethod):
 
     # ---- entropy pieces ----
     def _log_volume(self, fn, z, key, v0):
-        """Per-sample d log s_1(z) (lobpcg) or 0.5 log det J^T J (exact), differentiable in the
-        generator's parameters and in z; also returns (s_1, new warm-start vector)."""
+        """Per-sample (d log s_1(z), s_1, warm-start vector) with entropy='lobpcg', or
+        (0.5 log det J^T J, None, v0) with entropy='exact'; the first entry is differentiable in the
+        generator's parameters and in z (s_1 = ||J v|| with the converged v held fixed)."""
         cfg = self.config.method
         if cfg.entropy == "exact":
-            logdet = sv.log_det_jacobian(fn, z)
-            return logdet, jnp.exp(logdet / self.latent_dim), v0
-        _, v = sv.smallest_singular_value(fn, z, key, int(cfg.lobpcg_iters), v0)
-        v = jax.lax.stop_gradient(v)
-        # Rayleigh quotient with the converged vector held fixed: the exact gradient of s_1 at convergence
-        s1 = jnp.linalg.norm(jax.jvp(fn, (z,), (v,))[1].ravel())
-        return self.latent_dim * jnp.log(s1), s1, v
+            return sv.log_det_jacobian(fn, z), None, v0
+        s1, v = sv.smallest_singular_value(fn, z, key, int(cfg.lobpcg_iters), v0)
+        return self.latent_shape[0] * jnp.log(s1), s1, v
 
-    def _upper_bound_sq(self, e_params, fn, z, key, v0):
-        """Hutchinson estimate of ||grad_x E(G(z)) J_z + grad_z log p_g(G(z))||^2 for one z (Eq. 19)."""
-        k_lob, k_probe = jax.random.split(key)
-        log_vol_grad = jax.grad(lambda zz: self._log_volume(fn, zz, k_lob, v0)[0])(z)
-        w = jax.lax.stop_gradient(-z - log_vol_grad)   # grad_z log p_g(G(z)), Eq. 8; fixed for the energy
+    def _latent_score(self, fn, z, key, v0):
+        """grad_z log p_g(G(z)) = -z - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator)."""
+        return -z - jax.grad(lambda zz: self._log_volume(fn, zz, key, v0)[0])(z)
+
+    def _upper_bound_sq(self, e_params, fn, z, key, w):
+        """Hutchinson estimate of ||grad_x E(G(z)) J_z + w||^2 for one z (Eq. 19), w = grad_z log p_g."""
         # u = grad_x E at x = G(z): the estimate is differentiable in the energy's parameters through u
         u = jax.grad(lambda xx: self.energy({"energy": e_params}, xx[None])[0])(fn(z))
-        return sv.hutchinson_squared_norm(fn, z, u, k_probe, int(self.config.method.num_probes), w)
-
-    def anisotropy(self, fn, z):
-        return sv.anisotropy_index(fn, z)
+        return sv.hutchinson_squared_norm(fn, z, u, key, int(self.config.method.num_probes), w)
 
     # ---- one iteration ----
     def train_step(self, state, batch, key):
@@ -172,7 +161,7 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         batch_stats, v_prev = state["batch_stats"], state["singular_vectors"]
         b = batch.shape[1]
         cfg = self.config.method
-        d = self.latent_dim
+        d = self.latent_shape[0]
         k_critic, k_gen = jax.random.split(key)
         g_params = params["generator"]
 
@@ -183,20 +172,22 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             z = self.prior(k_z, b)
             x_fake, stats, _ = self._generate_batch(g_params, batch_stats, z, update_stats=False)
             x_fake = jax.lax.stop_gradient(x_fake)
-            stats = jax.lax.stop_gradient(stats)
+            if self.use_upper_bound:
+                # The generator is fixed during the critic steps: the latent score w and the sample map
+                # do not depend on the energy, so they are computed once, outside its gradient.
+                fn = self._sample_map(g_params, batch_stats, jax.lax.stop_gradient(stats))
+                k_lob, k_probe = jax.random.split(k_ub)
+                w = jax.lax.stop_gradient(jax.vmap(lambda zz, kk, vv: self._latent_score(fn, zz, kk, vv))(
+                    z, jax.random.split(k_lob, b), v_prev))
+                probe_keys = jax.random.split(k_probe, b)
 
             def loss_fn(ep):
                 energy_fn = lambda v: self.energy({"energy": ep}, v)
+                if not self.use_upper_bound:
+                    return zero_gp_energy_loss(energy_fn, x_real, x_fake, cfg.penalty_weight)
                 e_real, e_fake = energy_fn(x_real), energy_fn(x_fake)
-                if self.use_upper_bound:
-                    fn = self._sample_map(g_params, batch_stats, stats)
-                    keys = jax.random.split(k_ub, b)
-                    sq = jax.vmap(lambda zz, kk, vv: self._upper_bound_sq(ep, fn, zz, kk, vv))(z, keys, v_prev)
-                    loss, penalty = critic_loss_upper_bound(e_real, e_fake, sq, cfg.bound_c, d, cfg.zeta)
-                else:
-                    g = estimators.input_gradients(energy_fn, x_real)
-                    loss, penalty = critic_loss_zero_gp(e_real, e_fake, jnp.sum(g.reshape(b, -1) ** 2, axis=1),
-                                                        cfg.penalty_weight)
+                sq = jax.vmap(lambda zz, kk, ww: self._upper_bound_sq(ep, fn, zz, kk, ww))(z, probe_keys, w)
+                loss, penalty = critic_loss_upper_bound(e_real, e_fake, sq, cfg.bound_c, d, cfg.zeta)
                 return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
 
             grads, aux = jax.grad(loss_fn, has_aux=True)(e_params)
@@ -208,43 +199,38 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             critic_update, (params["energy"], opt_state["energy"]), (batch, keys))
         last = jax.tree_util.tree_map(lambda a: a[-1], critic_metrics)
 
-        k_z, k_lob, k_aniso = jax.random.split(k_gen, 3)
+        k_z, k_lob = jax.random.split(k_gen)
         z = self.prior(k_z, b)
 
         def gen_loss_fn(gp):
             x, stats, new_stats = self._generate_batch(gp, batch_stats, z, update_stats=True)
             e_gen = self.energy({"energy": e_params}, x)
-            if self.use_entropy:
-                fn = self._sample_map(gp, batch_stats, stats)
-                log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
-                    z, jax.random.split(k_lob, b), v_prev)
-            else:
-                log_vol, s1, v_new = jnp.zeros((b,)), jnp.zeros((b,)), v_prev
-            loss = generator_loss(e_gen, log_vol)
             n_aniso = min(int(cfg.anisotropy_samples), b)
             fn_fixed = self._sample_map(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
-            aniso = jnp.mean(jax.vmap(lambda zz: self.anisotropy(fn_fixed, zz))(z[:n_aniso]))
-            return loss, (new_stats, v_new, {"energy_generated": jnp.mean(e_gen), "log_volume": jnp.mean(log_vol),
-                                             "s_min_mean": jnp.mean(s1), "s_min_min": jnp.min(s1),
-                                             "s_min_max": jnp.max(s1), "anisotropy": aniso})
+            aux = {"energy_generated": jnp.mean(e_gen),
+                   "anisotropy": jnp.mean(jax.vmap(lambda zz: sv.anisotropy_index(fn_fixed, zz))(z[:n_aniso]))}
+            if not self.use_entropy:
+                return jnp.mean(e_gen), (new_stats, v_prev, aux)
+            fn = self._sample_map(gp, batch_stats, stats)
+            log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
+                z, jax.random.split(k_lob, b), v_prev)
+            aux["log_volume"] = jnp.mean(log_vol)
+            if s1 is not None:  # LOBPCG; the exact log-det path has no separate s_1
+                aux.update(s_min_mean=jnp.mean(s1), s_min_min=jnp.min(s1), s_min_max=jnp.max(s1))
+            return generator_loss(e_gen, log_vol), (new_stats, v_new, aux)
 
-        g_grads, (new_stats, v_new, gen_metrics) = jax.grad(gen_loss_fn, has_aux=True)(g_params)
+        (g_loss, (new_stats, v_new, gen_metrics)), g_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(g_params)
         g_updates, g_opt = self.tx_generator.update(g_grads, opt_state["generator"], g_params)
-        v_new = jax.lax.stop_gradient(v_new)
-        v_new = v_new / jnp.maximum(jnp.linalg.norm(v_new, axis=1, keepdims=True), 1e-12)
 
         weight = 1.0 if self.use_upper_bound else cfg.penalty_weight
         metrics = {
             **last, **gen_metrics,
             "energy_loss": last["energy_real"] - last["energy_fake"] + weight * last["penalty"],
-            "generator_loss": gen_metrics["energy_generated"] - gen_metrics["log_volume"],
+            "generator_loss": g_loss,
         }
         if self.use_entropy:
             metrics["entropy"] = prior_entropy(d) + gen_metrics["log_volume"]
             metrics["lower_bound"] = last["energy_real"] - gen_metrics["energy_generated"] + metrics["entropy"]
-        else:  # no entropy estimate: the s_1 statistics would be placeholders
-            for k in ("log_volume", "s_min_mean", "s_min_min", "s_min_max"):
-                metrics.pop(k)
         if self.use_upper_bound:
             metrics["upper_bound"] = metrics["lower_bound"] + last["penalty"]
         new_state = {"params": {"energy": e_params, "generator": optax.apply_updates(g_params, g_updates)},
