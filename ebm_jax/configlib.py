@@ -19,7 +19,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict({
         "latent_dim": 2,
-        "energy": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
+        "energy": {"hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False},
         "generator": {"hidden": (128, 128, 128), "activation": "relu"},
         "statistics": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
     })

@@ -85,7 +85,8 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             check_positive(config, "method.penalty_weight", allow_zero=True)
         check_positive(config, "method.anisotropy_samples", integer=True)
         mc = config.model
-        self.energy_net = build_mlp("energy", mc.energy.hidden, mc.energy.activation)
+        self.energy_net = build_mlp("energy", mc.energy.hidden, mc.energy.activation,
+                                    spectral_norm=mc.energy.spectral_norm)
         self.generator_net = NormalizedGeneratorMLP(
             tuple(int(h) for h in mc.generator.hidden), self.data_shape, mc.generator.activation,
             bool(mc.generator.get("batch_norm", True)))
@@ -266,9 +267,10 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     Toy defaults follow Tables 6 and 11: 2-100-100 PReLU networks with BN in the generator, Adam(0, 0.9),
     lr 2e-4, batch 200, latent 2, one critic step per generator step, and c = 0.1 (Appendix C's value
     for density estimation). They run 20k iterations instead of 150k so that a run takes about a
-    minute on a CPU. The entropy is d log s_1 with s_1 from warm-started LOBPCG (method.lobpcg_iters);
-    method.entropy='exact' uses 0.5 log det J^T J (small latent sizes only). The EBM-0GP / WGAN-0GP
-    penalty weight is not given in the paper; 0.1 is MEG's.
+    minute or two on a CPU. The entropy is d log s_1 with s_1 from warm-started LOBPCG (method.lobpcg_iters);
+    method.entropy='exact' uses 0.5 log det J^T J (small latent sizes only). Not in the paper but in
+    the reference toy script: the energy's layers are spectrally normalised and followed by a
+    learnable scale, and the EBM-0GP / WGAN-0GP penalty weight is 0.001.
     """
     from ebm_jax import configlib
     c = configlib.base_config()
@@ -280,12 +282,15 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     c.method.bound_c = 0.1
     c.method.zeta = 1.0               # hinge margin of Eq. 20
     c.method.num_probes = 1           # Hutchinson probes of Eq. 19
-    c.method.penalty_weight = 0.1     # EBM-0GP / WGAN-0GP: weight of the zero-centred gradient penalty
+    # EBM-0GP / WGAN-0GP: weight of the zero-centred gradient penalty; the paper gives none, 0.001 is
+    # the reference toy script's gp_weight (with its spectrally normalised energy)
+    c.method.penalty_weight = 0.001
     c.method.anisotropy_samples = 16  # z's per iteration for the logged C_z of Eq. 21
 
     # Table 6 (toys): energy 2-100-100-1 with PReLU; generator 2-100-100-2 with Linear, PReLU, BN.
     c.model.latent_dim = 2
-    c.model.energy = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu"})
+    # spectral_norm: the reference toy energy wraps every Linear in spectral_norm and ends in a learnable scale
+    c.model.energy = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "spectral_norm": True})
     c.model.generator = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "batch_norm": True})
     del c.model["statistics"]
 
@@ -311,6 +316,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         c.model.latent_dim = 128
         c.model.energy.hidden = (2000, 1000, 500, 250, 250)
         c.model.generator.hidden = (500, 1000, 2000)
+        c.model.energy.spectral_norm = False  # Table 7 lists plain Linear layers
         c.train.num_steps = 60 * 60000 // 64
         c.method.bound_c = 0.001
         c.train.eval_every = 0

@@ -40,7 +40,8 @@ class MEG(GeneratorEnergyMethod):
         check_positive(config, "method.n_critic", integer=True)
         check_positive(config, "method.penalty_weight", allow_zero=True)
         m = config.model
-        self.energy_net = build_mlp("energy", m.energy.hidden, m.energy.activation)
+        self.energy_net = build_mlp("energy", m.energy.hidden, m.energy.activation,
+                                    spectral_norm=m.energy.spectral_norm)
         self.generator_net = build_mlp("generator", m.generator.hidden, m.generator.activation,
                                        out_shape=self.data_shape)
         self.statistics_net = build_mlp("statistics", m.statistics.hidden, m.statistics.activation)
