@@ -5,6 +5,7 @@
     x = model.sample(key, 64)                        # generator samples
     x = model.sample(key, 64, mcmc_steps=100, step_size=0.01, space="latent")
     s = model.anomaly_score(x, kind="energy")        # or "score_norm"
+    ll = model.log_likelihood(x)                     # exact log p(x), RBM energies only
 """
 import os
 from typing import Optional
@@ -48,18 +49,29 @@ class Model:
                include_prior: Optional[bool] = None, return_acceptance: bool = False):
         """n samples: generator samples, refined by `mcmc_steps` MALA steps when it is > 0.
 
-        mcmc_steps defaults to 0 (plain generator samples); the other MCMC settings default to the
+        mcmc_steps defaults to 0 (plain generator samples), or to config.sampling.mcmc_steps for a method
+        without a generator (SteinCD, CD-k: data-space MALA from N(0, I)); the other MCMC settings default to the
         config's `sampling` section. space='latent' runs MALA on z targeting exp(-E(G(z))/T) N(z; 0, I);
         space='data' runs it on x targeting exp(-E(x)/T) from generator samples.
         """
         s = self.config.sampling
+        if mcmc_steps is None:  # methods without a generator (SteinCD, CD-k) can only sample by MCMC
+            mcmc_steps = 0 if self.method.has_generator else s.mcmc_steps
         x, rate = self._sample(
-            self.params, key, int(n), int(mcmc_steps or 0),
+            self.params, key, int(n), int(mcmc_steps),
             float(s.step_size if step_size is None else step_size),
             space=s.space if space is None else space,
             temperature=float(s.temperature if temperature is None else temperature),
             include_prior=bool(s.include_prior if include_prior is None else include_prior))
         return (x, rate) if return_acceptance else x
+
+    def log_likelihood(self, x):
+        """(B,) exact log p(x) = -E(x) - log Z, for energies with an exact partition function (the RBM)."""
+        log_z = self.method.log_partition(self.params)
+        if log_z is None:
+            raise ValueError(f"{self.method.name}'s energy ({self.config.model.energy.get('kind', 'mlp')}) has no exact "
+                             "partition function; only model.energy.kind='rbm' has one.")
+        return -self.energy(x) - log_z
 
     def anomaly_score(self, x, kind: str = "energy"):
         """(B,) scores, higher = more anomalous: 'energy' (E(x)) or 'score_norm' (||grad_x E(x)||)."""

@@ -110,18 +110,27 @@ def evaluate_model(method, params, dataset, config, key):
     energy_fn = jax.jit(lambda x: method.energy(params, x))
     n = int(config.eval.num_samples)
     k_gen, k_mcmc = jax.random.split(key)
-    samples = {"generator": np.asarray(method.sample(params, k_gen, n)[0])}
-    metrics: Dict[str, Any] = {"test_energy": float(np.mean(evaluation.toy2d.batched(energy_fn, dataset.test)))}
+    samples = {}
+    if method.has_generator:
+        samples["generator"] = np.asarray(method.sample(params, k_gen, n)[0])
+    test_energy = evaluation.toy2d.batched(energy_fn, dataset.test)
+    metrics: Dict[str, Any] = {"test_energy": float(np.mean(test_energy))}
+    log_z = method.log_partition(params)
+    if log_z is not None:
+        # exact: log p(x) = -E(x) - log Z (SteinGAN Sec. 5.1's RBM); per example, in nats
+        metrics["log_partition_exact"] = float(log_z)
+        metrics["test_log_likelihood"] = float(-np.mean(test_energy) - float(log_z))
     s = config.sampling
-    if config.eval.mcmc and s.mcmc_steps > 0:
+    if (config.eval.mcmc or not method.has_generator) and s.mcmc_steps > 0:
         x, rate = jax.jit(lambda k: method.sample(params, k, n, s.mcmc_steps, s.step_size, s.space,
                                                   s.temperature, s.include_prior))(k_mcmc)
         samples["mcmc"] = np.asarray(x)
         metrics["mcmc/acceptance_rate"] = float(rate)
-    # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
-    z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
-    metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
-        lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
+    if method.has_generator:
+        # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
+        z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
+        metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
+            lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
     png = None
     if len(dataset.shape) == 3:
         png = evaluation.image_grid_png(samples, f"{method.name} on {dataset.name}")

@@ -1,8 +1,9 @@
 """Model-agnostic estimators shared by the methods (MCMC, mutual information, penalties, Jacobian
-singular values and log-determinants)."""
+singular values and log-determinants, SVGD)."""
 from ebm_jax.estimators.mcmc import langevin_chain, latent_log_prob, mala_chain, mala_log_proposal, mala_step
 from ebm_jax.estimators.mutual_information import jsd_mutual_information, shuffle_per_dimension
 from ebm_jax.estimators.penalties import input_gradients, zero_centered_gradient_penalty
+from ebm_jax.estimators.stein import median_bandwidth, stein_score_matching, svgd_direction, svgd_step
 from ebm_jax.estimators.singular_values import (anisotropy_index, hutchinson_squared_norm, log_det_jacobian,
                                                 smallest_singular_value, smallest_singular_value_batch)
 
@@ -12,4 +13,5 @@ __all__ = [
     "input_gradients", "zero_centered_gradient_penalty",
     "smallest_singular_value", "smallest_singular_value_batch", "log_det_jacobian", "hutchinson_squared_norm",
     "anisotropy_index",
+    "svgd_direction", "svgd_step", "median_bandwidth", "stein_score_matching",
 ]

@@ -5,12 +5,16 @@ The training loop only ever goes through this dict, never through the name itsel
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod
 from ebm_jax.methods.ebm_bb import BidirectionalBounds, WGANZeroGP, ZeroGPBounds
 from ebm_jax.methods.meg import MEG
+from ebm_jax.methods.stein import SteinCD, SteinGAN
 
 METHODS = {
     "meg": MEG,
     "ebm_bb": BidirectionalBounds,
     "ebm_0gp": ZeroGPBounds,
     "wgan_0gp": WGANZeroGP,
+    "steincd": SteinCD,
+    "cd": SteinCD,          # CD-k with Langevin dynamics: SteinCD's class with method.sampler='langevin'
+    "steingan": SteinGAN,   # method.alpha > 0: SteinCD-GAN(alpha)
 }
 
 

@@ -62,6 +62,7 @@ class GeneratorEnergyMethod:
         self.latent_shape = (int(config.model.latent_dim),)
 
     # ---- to be provided by a method ----
+    has_generator = True    # False: an energy alone (SteinCD, CD-k); sampling is data-space MCMC
     batches_per_step = 1
     progress_metrics = ("energy_loss", "generator_loss")  # shown in the progress bar
 
@@ -78,6 +79,10 @@ class GeneratorEnergyMethod:
         raise NotImplementedError
 
     # ---- shared ----
+    def log_partition(self, params):
+        """Exact log Z where the energy model has one (e.g. an RBM), else None."""
+        return None
+
     def inference_params(self, state):
         """What energy / generate / sample take: the parameters (plus, e.g., batch-norm averages)."""
         return state["params"]

@@ -1,0 +1,326 @@
+"""Stein methods (Wang & Liu 2017, "Learning to draw samples with amortized Stein variational gradient
+descent"): SteinCD (Algorithm 1), CD-k with Langevin dynamics (the baseline of Figure 1(a)),
+Stein score matching (Eqs. 15-17), SteinGAN (Algorithm 2) and SteinCD-GAN(alpha).
+
+Energies are E = -f (the paper writes p = exp(f) / Z). Every update below is a loss whose gradient
+descent is the paper's update:
+
+  SteinCD / CD-k  mean E(x+) - mean E(x-),  x- = one SVGD step from x+ (Eq. 13) or k Langevin steps (Eq. 11)
+  symmetric       mean E(x+ - eps phi) - mean E(x+ + eps phi)                               (Eq. 17)
+  score matching  mean grad_x f(x+) . phi(x+), phi held fixed (jvp)                          (Eq. 15)
+  SteinGAN        energy: mean E(x+) - (1 - gamma) mean E(x-), x- = G(xi)                   (Eq. 23 + stabilisation)
+                  generator: -mean <G(xi), phi*(G(xi))>, phi* held fixed                    (Eq. 21)
+
+SteinCD-GAN(alpha): each iteration, with probability alpha the energy's negatives are the SVGD-moved
+data of SteinCD instead of the generator's samples (Sec. 5.1); the generator is trained every
+iteration. alpha = 0 is SteinGAN.
+"""
+from typing import Any, Dict
+
+import ml_collections
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebm_jax import estimators
+from ebm_jax.estimators.stein import KERNELS
+from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import build_energy, build_generator, rbm_log_partition
+
+SAMPLERS = ("svgd", "langevin")
+UPDATES = ("cd", "symmetric", "score_matching")
+
+
+def contrastive_loss(e_pos, e_neg, gamma=0.0):
+    """mean E(x+) - (1 - gamma) mean E(x-): Eqs. 11, 13 and 23 (gamma: SteinGAN's discount, Sec. 5.2)."""
+    return jnp.mean(e_pos) - (1.0 - gamma) * jnp.mean(e_neg)
+
+
+def amortized_svgd_loss(x_generated, phi):
+    """-(1/m) sum_i <G(xi_i), phi_i> with phi fixed: its negative gradient in eta is Eq. 21's update."""
+    phi = jax.lax.stop_gradient(phi)
+    return -jnp.sum(x_generated * phi) / x_generated.shape[0]
+
+
+class _EnergyModelMixin:
+    """Energy built from model.energy.kind; exact log Z when the energy is an RBM."""
+
+    def _build_energy(self, config):
+        self.energy_net = build_energy(config.model.energy, self.data_shape)
+        self.energy_kind = config.model.energy.get("kind", "mlp")
+
+    def energy(self, params, x):
+        return self.energy_net.apply({"params": params["energy"]}, x)
+
+    def log_partition(self, params):
+        """Exact log Z (RBM energies), else None; evaluation then reports the exact test log-likelihood."""
+        if self.energy_kind != "rbm":
+            return None
+        return rbm_log_partition(params["energy"], int(self.config.model.energy.num_hidden))
+
+    def _kernel_kwargs(self, e_params):
+        m = self.config.method
+        kw = {"kernel": m.kernel, "bandwidth": float(m.bandwidth) or None,
+              "bandwidth_scale": float(m.get("bandwidth_scale", 1.0))}
+        if m.get("kernel_features", False):
+            if self.energy_kind != "autoencoder":
+                raise ConfigError("method.kernel_features=True needs model.energy.kind='autoencoder' (the kernel "
+                                  "is on the autoencoder's code, SteinGAN Sec. 5.2).")
+            kw["features"] = lambda v: self.energy_net.apply(
+                {"params": e_params}, v[None], method=self.energy_net.encode)[0]
+        return kw
+
+    def _svgd_moved(self, e_params, x, step_size):
+        """x + eps phi*(x) with grad log p = -grad_x E at the current (fixed) energy."""
+        e_params = jax.lax.stop_gradient(e_params)
+        score = -estimators.input_gradients(lambda v: self.energy({"energy": e_params}, v), x)
+        phi = estimators.svgd_direction(x, score, **self._kernel_kwargs(e_params))
+        return x + step_size * phi, phi
+
+
+def _check_common(config):
+    m = config.method
+    if m.kernel not in KERNELS:
+        raise ConfigError(f"method.kernel {m.kernel!r} is unknown; valid kernels are {list(KERNELS)}.")
+    check_positive(config, "method.bandwidth", allow_zero=True)
+    check_positive(config, "method.step_size")
+
+
+class SteinCD(_EnergyModelMixin, GeneratorEnergyMethod):
+    """SteinCD (sampler='svgd') and CD-k with Langevin dynamics (sampler='langevin'): an energy alone.
+
+    There is no generator: sampling runs data-space MALA from N(0, I) (config.sampling)."""
+    name = "steincd"
+    has_generator = False
+    progress_metrics = ("energy_loss", "energy_real", "energy_negative")
+
+    def __init__(self, config, data_shape):
+        super().__init__(config, data_shape)
+        m = config.method
+        self.name = m.name
+        _check_common(config)
+        if m.sampler not in SAMPLERS:
+            raise ConfigError(f"method.sampler {m.sampler!r} is unknown; valid samplers are {list(SAMPLERS)}.")
+        if m.update_rule not in UPDATES:
+            raise ConfigError(f"method.update_rule {m.update_rule!r} is unknown; valid updates are {list(UPDATES)}.")
+        if m.update_rule != "cd" and m.sampler != "svgd":
+            raise ConfigError(f"method.update_rule={m.update_rule!r} uses the SVGD direction; it needs method.sampler='svgd'.")
+        check_positive(config, "method.k", integer=True)
+        self._build_energy(config)
+        self.tx_energy = make_optimizer(config.optim, int(config.train.num_steps))
+
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        x = jnp.zeros((2,) + self.data_shape, jnp.float32)
+        params = {"energy": self.energy_net.init(key, x)["params"]}
+        return {"params": params, "opt_state": {"energy": self.tx_energy.init(params["energy"])}}
+
+    def generate(self, params, z):
+        raise ConfigError(f"{self.name} trains an energy without a generator; draw samples with "
+                          "model.sample(key, n, mcmc_steps=...) (data-space MALA).")
+
+    def negatives(self, e_params, x, key):
+        """x- of the contrastive update and the SVGD direction at x (None for Langevin)."""
+        m = self.config.method
+        if m.sampler == "langevin":
+            e_params = jax.lax.stop_gradient(e_params)
+            log_prob = lambda v: -self.energy({"energy": e_params}, v)
+            return estimators.langevin_chain(log_prob, x, key, int(m.k), float(m.step_size)), None
+        x_neg, phi0 = self._svgd_moved(e_params, x, float(m.step_size))
+        for _ in range(int(m.k) - 1):
+            x_neg, _ = self._svgd_moved(e_params, x_neg, float(m.step_size))
+        return jax.lax.stop_gradient(x_neg), jax.lax.stop_gradient(phi0)
+
+    def train_step(self, state, batch, key):
+        m = self.config.method
+        x = batch[0]
+        e_params = state["params"]["energy"]
+        x_neg, phi = self.negatives(e_params, x, key)
+        eps = float(m.step_size)
+
+        def loss_fn(p):
+            energy_fn = lambda v: self.energy({"energy": p}, v)
+            e_pos = energy_fn(x)
+            if m.update_rule == "cd":
+                e_neg = energy_fn(x_neg)
+                loss = contrastive_loss(e_pos, e_neg)
+            elif m.update_rule == "symmetric":
+                e_neg = energy_fn(x + eps * phi)
+                loss = jnp.mean(energy_fn(x - eps * phi)) - jnp.mean(e_neg)
+            else:
+                e_neg = energy_fn(x_neg)
+                loss = estimators.stein_score_matching(lambda v: -energy_fn(v), x, phi, "exact")
+            return loss, {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg)}
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(e_params)
+        updates, e_opt = self.tx_energy.update(grads, state["opt_state"]["energy"], e_params)
+        new_state = {"params": {"energy": optax.apply_updates(e_params, updates)}, "opt_state": {"energy": e_opt}}
+        return new_state, {**aux, "energy_loss": loss}
+
+    def sample(self, params, key, n: int, mcmc_steps: int = 0, step_size: float = 0.01,
+               space: str = "latent", temperature: float = 1.0, include_prior: bool = True):
+        """Data-space MALA from N(0, I) targeting exp(-E(x) / T); `space` must be 'data' or 'latent'
+        (there is no latent space, both mean data space here)."""
+        if mcmc_steps < 1:
+            raise ConfigError(f"{self.name} has no generator; sampling needs mcmc_steps >= 1 (data-space MALA), "
+                              f"got {mcmc_steps}.")
+        k0, k1 = jax.random.split(key)
+        x0 = jax.random.normal(k0, (n,) + self.data_shape)
+        return estimators.mala_chain(lambda x: -self.energy(params, x) / temperature, x0, k1, mcmc_steps, step_size)
+
+
+class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
+    """SteinGAN (Algorithm 2) and SteinCD-GAN(alpha) (method.alpha > 0)."""
+    name = "steingan"
+    progress_metrics = ("energy_loss", "generator_loss", "energy_real", "energy_negative")
+
+    def __init__(self, config, data_shape):
+        super().__init__(config, data_shape)
+        m = config.method
+        _check_common(config)
+        check_positive(config, "method.alpha", allow_zero=True)
+        if m.alpha > 1:
+            raise ConfigError(f"method.alpha={m.alpha} is invalid; it is a probability in [0, 1].")
+        check_positive(config, "method.gamma", allow_zero=True)
+        check_positive(config, "method.gamma_fast", allow_zero=True)
+        if m.gamma >= 1 or m.gamma_fast >= 1:
+            raise ConfigError(f"method.gamma={m.gamma} / gamma_fast={m.gamma_fast} must be below 1 (Sec. 5.2 uses 0.7 / 0.9).")
+        self._build_energy(config)
+        self.generator_net = build_generator(config.model.generator, self.data_shape)
+        steps = int(config.train.num_steps)
+        self.tx_energy = make_optimizer(config.optim, steps)
+        g_optim = ml_collections.ConfigDict(config.optim.to_dict())
+        g_optim.lr = float(config.optim.get("generator_lr", 0.0) or config.optim.lr)
+        self.tx_generator = make_optimizer(g_optim, steps)
+
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        k_e, k_g = jax.random.split(key)
+        x = jnp.zeros((2,) + self.data_shape, jnp.float32)
+        z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
+        params = {"energy": self.energy_net.init(k_e, x)["params"],
+                  "generator": self.generator_net.init(k_g, z)["params"]}
+        return {"params": params, "opt_state": {"energy": self.tx_energy.init(params["energy"]),
+                                                "generator": self.tx_generator.init(params["generator"])}}
+
+    def generate(self, params, z):
+        return self.generator_net.apply({"params": params["generator"]}, z)
+
+    def train_step(self, state, batch, key):
+        m = self.config.method
+        x = batch[0]
+        params, opt = state["params"], state["opt_state"]
+        k_z, k_mix = jax.random.split(key)
+        z = self.prior(k_z, x.shape[0])
+
+        # Steps 2-3: x- = G(xi); the generator follows phi* at its own samples (amortized SVGD, Eq. 21).
+        x_gen = self.generate(params, z)
+        e_fixed = jax.lax.stop_gradient(params["energy"])
+        score = -estimators.input_gradients(lambda v: self.energy({"energy": e_fixed}, v), x_gen)
+        phi = estimators.svgd_direction(x_gen, score, **self._kernel_kwargs(e_fixed))
+        g_loss, g_grads = jax.value_and_grad(
+            lambda gp: amortized_svgd_loss(self.generate({"generator": gp}, z), phi))(params["generator"])
+        g_updates, g_opt = self.tx_generator.update(g_grads, opt["generator"], params["generator"])
+
+        # Step 4 with the mixture: SteinCD's negatives with probability alpha (Sec. 5.1).
+        x_neg = jax.lax.stop_gradient(x_gen)
+        use_cd = jnp.asarray(False)
+        if m.alpha > 0:
+            x_cd, _ = self._svgd_moved(params["energy"], x, float(m.step_size))
+            use_cd = jax.random.bernoulli(k_mix, float(m.alpha))
+            x_neg = jnp.where(use_cd, jax.lax.stop_gradient(x_cd), x_neg)
+
+        def loss_fn(p):
+            e_pos = self.energy({"energy": p}, x)
+            e_neg = self.energy({"energy": p}, x_neg)
+            # Sec. 5.2's speed-up: a larger discount while the real batch has the higher energy
+            behind = jax.lax.stop_gradient(jnp.mean(e_pos) > jnp.mean(e_neg))
+            gamma = jnp.where(behind & (m.gamma_fast > 0), m.gamma_fast, m.gamma)
+            return contrastive_loss(e_pos, e_neg, gamma), {"energy_real": jnp.mean(e_pos),
+                                                          "energy_negative": jnp.mean(e_neg), "gamma": gamma}
+
+        (e_loss, aux), e_grads = jax.value_and_grad(loss_fn, has_aux=True)(params["energy"])
+        e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])
+        new_state = {"params": {"energy": optax.apply_updates(params["energy"], e_updates),
+                                "generator": optax.apply_updates(params["generator"], g_updates)},
+                     "opt_state": {"energy": e_opt, "generator": g_opt}}
+        metrics = {**aux, "energy_loss": e_loss, "generator_loss": g_loss,
+                   "cd_negatives": use_cd.astype(jnp.float32),
+                   "phi_norm": jnp.mean(jnp.sqrt(jnp.sum(phi.reshape(phi.shape[0], -1) ** 2, axis=1)))}
+        return new_state, metrics
+
+
+METHOD_CLASSES = {"steincd": SteinCD, "cd": SteinCD, "steingan": SteinGAN}
+TOYS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
+
+
+def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:
+    """Shared config of configs/steincd.py and configs/steingan.py.
+
+    VARIANT = comma-separated tokens: a dataset (8gaussians default, 25gaussians, swissroll,
+    checkerboard, or mnist: the idx files in data.data_dir, default ../shared/data/mnist, with the
+    Sec. 5.1 Gaussian-Bernoulli RBM of 10 hidden units, batch 100, Adam); for steincd also 'cd1' or
+    'cd10' (the CD-k baseline with Langevin dynamics) and 'score_matching' (Eq. 15).
+
+    Toys: 3x128 LeakyReLU energy (and ReLU generator for SteinGAN), batch 256, Adam(1e-3, 0.5, 0.999),
+    RBF kernel with the median bandwidth. The SVGD step size eps and the Langevin step are not given
+    in the paper; see the README for what was measured.
+    """
+    from ebm_jax import configlib
+    c = configlib.base_config()
+    c.method.name = method_name
+    c.method.kernel = "rbf"           # 'rbf' | 'constant' | 'gradient' (no repulsion, Fig. 1(d))
+    c.method.bandwidth = 0.0          # h of exp(-||x - x'||^2 / h); 0 = med^2 / log m
+    c.method.bandwidth_scale = 1.0    # med multiplied by this in the heuristic (Sec. 5.2 uses 0.5)
+    c.method.kernel_features = False  # kernel on the autoencoder energy's code (Sec. 5.2)
+    c.method.step_size = 0.1          # eps of the SVGD step (Algorithm 1) / the Langevin step (CD-k)
+    if method_name in ("steincd", "cd"):
+        c.method.sampler = "svgd" if method_name == "steincd" else "langevin"
+        c.method.k = 1                # SVGD or Langevin steps from the data
+        c.method.update_rule = "cd"        # 'cd' (Eq. 13), 'symmetric' (Eq. 17), 'score_matching' (Eq. 15)
+        del c.model["generator"]
+        c.sampling.space = "data"
+        c.sampling.step_size = 0.001
+        c.sampling.mcmc_steps = 500
+    else:
+        c.method.alpha = 0.0          # probability of SteinCD negatives (SteinCD-GAN(alpha)); 0 = SteinGAN
+        c.method.gamma = 0.0          # discount of the negative phase (Sec. 5.2 uses 0.7 with its autoencoder)
+        c.method.gamma_fast = 0.0     # > 0: gamma while mean E(real) > mean E(generated) (Sec. 5.2: 0.9)
+        c.optim.generator_lr = 0.0    # 0 = optim.lr (Sec. 5.2 uses 1e-3 for G and 5e-4 for the energy)
+        c.model.generator.kind = "mlp"
+        c.eval.mcmc = False
+    del c.model["statistics"]
+    c.model.energy.kind = "mlp"
+    c.optim.lr = 1e-3
+    c.optim.b1 = 0.5
+    c.optim.b2 = 0.999
+    c.data.batch_size = 256
+    c.train.num_steps = 10_000
+    c.train.log_every = 200
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 5000
+
+    extras = ("cd1", "cd10", "score_matching") if method_name in ("steincd", "cd") else ()
+    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",), extras=extras)
+    c.data.name = tokens.get("dataset", "8gaussians")
+    for token in ("cd1", "cd10"):
+        if token in tokens["extras"]:
+            c.method.name = "cd"
+            c.method.sampler = "langevin"
+            c.method.k = int(token[2:])
+            c.method.step_size = 0.01
+    if "score_matching" in tokens["extras"]:
+        c.method.update_rule = "score_matching"
+    if c.data.name == "mnist":
+        # Sec. 5.1: Gaussian-Bernoulli RBM with 10 hidden units (exact log Z), mini-batches of 100, Adam.
+        c.data.data_dir = "../shared/data/mnist"
+        c.data.batch_size = 100
+        c.model.energy = ml_collections.ConfigDict({"kind": "rbm", "num_hidden": 10})
+        c.train.num_steps = 6000       # 10 epochs of 60k images
+        c.train.eval_every = 1000
+        c.eval.num_samples = 64
+        c.sampling.num_samples = 64
+        c.method.step_size = 0.01 if c.method.get("sampler") != "langevin" else 0.001
+        if method_name == "steingan":
+            c.model.latent_dim = 100
+            c.model.generator = ml_collections.ConfigDict({"kind": "deconv", "width": 1024, "channels": 64})
+    return c
