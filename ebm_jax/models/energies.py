@@ -133,7 +133,8 @@ def build_energy(energy_config, data_shape):
     kind = energy_config.get("kind", "mlp")
     if kind == "mlp":
         return build_mlp("energy", energy_config.hidden, energy_config.activation,
-                         spectral_norm=energy_config.get("spectral_norm", False))
+                         spectral_norm=energy_config.get("spectral_norm", False),
+                         quadratic=float(energy_config.get("quadratic", 0.0)))
     if kind == "rbm":
         n = int(energy_config.num_hidden)
         if n < 1:

@@ -90,18 +90,24 @@ class MLP(nn.Module):
 class EnergyMLP(nn.Module):
     """E(x): R^D -> R, one scalar energy per row (low energy = high density).
 
+    quadratic > 0 adds q ||x||^2 (a Gaussian base measure of variance 1/(2q)).
     With spectral_norm every layer is 1-Lipschitz, so a learnable output scale follows (init 1), as
     the EBM-BB reference's Disc ends in Linear(1, 1, bias=False): the energy's sharpness is then one
     parameter instead of being capped by the normalisation."""
     hidden: Sequence[int]
     activation: str = "leaky_relu"
     spectral_norm: bool = False
+    quadratic: float = 0.0
 
     @nn.compact
     def __call__(self, x):
         e = MLP(self.hidden, 1, self.activation, self.spectral_norm)(x)[:, 0]
         if self.spectral_norm:
             e = e * self.param("output_scale", nn.initializers.ones, ())
+        if self.quadratic:
+            # + q ||x||^2 keeps exp(-E) integrable whatever the network does far from the data (the
+            # RBM's -||x||^2/2 and Kim & Bengio's ||x||^2/sigma^2 term play the same role)
+            e = e + self.quadratic * jnp.sum(x.reshape(x.shape[0], -1) ** 2, axis=1)
         return e
 
 
@@ -131,11 +137,11 @@ class StatisticsMLP(nn.Module):
         return MLP(self.hidden, 1, self.activation)(h)[:, 0]
 
 
-def build_mlp(kind: str, hidden, activation, out_shape=None, spectral_norm: bool = False):
+def build_mlp(kind: str, hidden, activation, out_shape=None, spectral_norm: bool = False, quadratic: float = 0.0):
     """Builds one of the MLP families by name ('energy', 'generator', 'statistics')."""
     hidden = tuple(int(h) for h in hidden)
     if kind == "energy":
-        return EnergyMLP(hidden, activation, bool(spectral_norm))
+        return EnergyMLP(hidden, activation, bool(spectral_norm), float(quadratic))
     if kind == "generator":
         return GeneratorMLP(hidden, tuple(out_shape), activation)
     if kind == "statistics":
