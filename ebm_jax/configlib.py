@@ -74,7 +74,7 @@ def parse_variant(variant: str, datasets, extras=()):
 def validate(config) -> None:
     """Checks the fields every method shares; raises ConfigError naming the first bad field."""
     # Imported here: methods imports this module's siblings, not the other way around.
-    from ebm_jax.methods.base import SPACES, ConfigError, check_positive
+    from ebm_jax.methods.base import PRIORS, SPACES, ConfigError, check_positive
     for section in ("method", "data", "model", "optim", "train", "eval", "sampling"):
         if section not in config:
             raise ConfigError(f"config has no '{section}' section; every config needs method, data, model, "
@@ -87,6 +87,8 @@ def validate(config) -> None:
         check_positive(config, path, integer=True, allow_zero=True)
     for path in ("optim.lr", "sampling.step_size", "sampling.temperature"):
         check_positive(config, path)
+    if config.model.get("prior", "gaussian") not in PRIORS:
+        raise ConfigError(f"config.model.prior={config.model.prior!r} is invalid; valid priors are {list(PRIORS)}.")
     if config.sampling.space not in SPACES:
         raise ConfigError(f"config.sampling.space={config.sampling.space!r} is invalid; valid spaces are {list(SPACES)}.")
     tf = config.data.test_fraction

@@ -333,3 +333,20 @@ def test_mnist_rbm_configs_report_exact_log_likelihood(tmp_path, name):
     # the evaluation's figure is the mean exact log-likelihood over the whole test split
     assert np.isfinite(final["test_log_likelihood"]) and abs(ll.mean() - final["test_log_likelihood"]) < 50
     assert final["log_partition_exact"] == pytest.approx(float(model.method.log_partition(model.params)), rel=1e-5)
+
+
+def test_steingan_speed_up_rule_switches_gamma():
+    """Sec. 5.2: gamma_fast replaces gamma exactly when mean E(x+) > mean E(x-)."""
+    import ml_collections
+    c = small_config("steingan", **{"model.energy": ml_collections.ConfigDict({"kind": "rbm", "num_hidden": 3}),
+                                    "method.gamma": 0.3, "method.gamma_fast": 0.9})
+    method = get_method(c, (2,))
+    state = method.init(jax.random.PRNGKey(0), None)
+    seen = set()
+    for shift in (-3.0, 3.0):   # data far from / near the RBM's mode moves mean E(x+) above / below mean E(G(z))
+        x = jnp.asarray(np.random.default_rng(11).normal(size=(6, 2)) * 0.1 + shift * (shift > 0), jnp.float32)
+        _, m = method.train_step(state, x[None], jax.random.PRNGKey(5))
+        expected = 0.9 if float(m["energy_real"]) > float(m["energy_negative"]) else 0.3
+        assert float(m["gamma"]) == pytest.approx(expected)
+        seen.add(expected)
+    assert seen == {0.3, 0.9}

@@ -4,7 +4,9 @@ Convention, used by every method, plot and metric in this project (written down 
   * Scales follow the MEG reference code: 25-Gaussians is a 5x5 grid of centres {-4,-2,0,2,4}^2 with
     std 0.05, all divided by 2.828; 8-Gaussians has centres on the circle of radius 2 with std 0.02,
     divided by 1.414; the swiss roll is sklearn's make_swiss_roll(noise=0.25) on axes (0, 2) divided
-    by 7.5. Every toy fits in the square [-2, 2]^2 (TOY_EXTENT).
+    by 7.5. Kim & Bengio's two-spiral and four-spin toys (their Figure 2) are restated from the
+    common generators (formulas in _two_spirals and _four_spin) at the same scale. Every toy fits
+    in the square [-2, 2]^2 (TOY_EXTENT).
   * Densities, KL and NLL are computed on a uniform grid over [-extent, extent]^2 with
     config.eval.grid_size points per side, at temperature 1 (p proportional to exp(-E)).
   * Pictures put x on the horizontal axis and y on the vertical axis growing upwards
@@ -88,11 +90,38 @@ def _checkerboard():
     return ToySpec(sample=sample, log_density=log_density)
 
 
+def _two_spirals():
+    # Two interleaved spirals (the widespread '2spirals' generator): n = sqrt(U) * 3 pi,
+    # arm 1 = (-n cos n + 0.5 U', n sin n + 0.5 U''), arm 2 = -arm 1; divided by 6 (not 3) so that the
+    # toy fits in [-2, 2]^2, then N(0, 0.05^2) noise (half the usual 0.1, as the scale is halved).
+    def sample(rng, n):
+        half = n // 2 + 1
+        t = np.sqrt(rng.random(half)) * 3.0 * np.pi
+        arm = np.stack([-np.cos(t) * t + 0.5 * rng.random(half), np.sin(t) * t + 0.5 * rng.random(half)], axis=1)
+        x = np.concatenate([arm, -arm])[rng.permutation(2 * half)[:n]] / 6.0
+        return (x + 0.05 * rng.standard_normal((n, 2))).astype(np.float32)
+    return ToySpec(sample=sample)
+
+
+def _four_spin():
+    # Four spinning arms (the 'pinwheel' generator with 4 classes): (u, v) ~ N((1, 0), diag(0.3^2, 0.1^2)),
+    # rotated by the angle k pi / 2 + 0.25 exp(u) for arm k in {0, 1, 2, 3}.
+    def sample(rng, n):
+        u = 1.0 + 0.3 * rng.standard_normal(n)
+        v = 0.1 * rng.standard_normal(n)
+        angle = rng.integers(0, 4, size=n) * (np.pi / 2) + 0.25 * np.exp(u)
+        c, s = np.cos(angle), np.sin(angle)
+        return np.stack([c * u - s * v, s * u + c * v], axis=1).astype(np.float32)
+    return ToySpec(sample=sample)
+
+
 TOYS = {
     "25gaussians": _twentyfive_gaussians,
     "8gaussians": _eight_gaussians,
     "swissroll": _swissroll,
     "checkerboard": _checkerboard,
+    "twospirals": _two_spirals,
+    "fourspin": _four_spin,
 }
 
 

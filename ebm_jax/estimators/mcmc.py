@@ -94,16 +94,17 @@ def langevin_chain(log_prob: LogProb, x0: jax.Array, key: jax.Array, num_steps: 
 
 
 def latent_log_prob(energy_fn: Callable, generator_fn: Callable, temperature: float = 1.0,
-                    include_prior: bool = True) -> LogProb:
-    """Target of latent-space MCMC: log [exp(-E(G(z)) / T) N(z; 0, I)].
+                    include_prior: bool = True, log_prior: Callable = None) -> LogProb:
+    """Target of latent-space MCMC: log [exp(-E(G(z)) / T) p(z)], p(z) = N(0, I) unless `log_prior`
+    (batch -> (B,)) is given (e.g. Kim & Bengio's U(-1, 1)).
 
-    MEG's Eq. 12 writes only the energy ratio; the N(0, I) prior of z belongs to the target because
+    MEG's Eq. 12 writes only the energy ratio; the prior of z belongs to the target because
     p(z | model) is proportional to p_theta(G(z)) p(z). The prior-free form is kept as an option for
     the paper's comparison (include_prior=False).
     """
     def log_prob(z):
         logp = -energy_fn(generator_fn(z)) / temperature
         if include_prior:
-            logp = logp - 0.5 * _sum_rows(z ** 2)
+            logp = logp + (log_prior(z) if log_prior is not None else -0.5 * _sum_rows(z ** 2))
         return logp
     return log_prob

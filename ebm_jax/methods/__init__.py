@@ -4,6 +4,7 @@ The training loop only ever goes through this dict, never through the name itsel
 """
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod
 from ebm_jax.methods.ebm_bb import BidirectionalBounds, WGANZeroGP, ZeroGPBounds
+from ebm_jax.methods.ddgm import DeepDirectedGenerativeModel
 from ebm_jax.methods.meg import MEG
 from ebm_jax.methods.stein import SteinCD, SteinGAN
 
@@ -15,6 +16,7 @@ METHODS = {
     "steincd": SteinCD,
     "cd": SteinCD,          # CD-k with Langevin dynamics: SteinCD's class with method.sampler='langevin'
     "steingan": SteinGAN,   # method.alpha > 0: SteinCD-GAN(alpha)
+    "ddgm": DeepDirectedGenerativeModel,   # Kim & Bengio 2016
 }
 
 

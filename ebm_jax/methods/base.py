@@ -13,6 +13,7 @@ from ebm_jax.errors import ConfigError
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
 SPACES = ("latent", "data")
+PRIORS = ("gaussian", "uniform")
 ANOMALY_KINDS = ("energy", "score_norm")
 
 
@@ -88,7 +89,17 @@ class GeneratorEnergyMethod:
         return state["params"]
 
     def prior(self, key, n: int):
+        """z ~ N(0, I), or U(-1, 1)^d with model.prior='uniform' (Kim & Bengio Sec. 3.2)."""
+        if self.config.model.get("prior", "gaussian") == "uniform":
+            return jax.random.uniform(key, (n,) + self.latent_shape, minval=-1.0, maxval=1.0)
         return jax.random.normal(key, (n,) + self.latent_shape)
+
+    def log_prior(self, z):
+        """log p(z) up to a constant, per row: -||z||^2/2, or 0 inside [-1, 1]^d and -inf outside."""
+        flat = z.reshape(z.shape[0], -1)
+        if self.config.model.get("prior", "gaussian") == "uniform":
+            return jnp.where(jnp.all(jnp.abs(flat) <= 1.0, axis=1), 0.0, -jnp.inf)
+        return -0.5 * jnp.sum(flat ** 2, axis=1)
 
     def sample(self, params, key, n: int, mcmc_steps: int = 0, step_size: float = 0.01,
                space: str = "latent", temperature: float = 1.0, include_prior: bool = True):
@@ -105,7 +116,7 @@ class GeneratorEnergyMethod:
             return self.generate(params, z), jnp.asarray(1.0)
         if space == "latent":
             log_prob = estimators.latent_log_prob(energy_fn, lambda v: self.generate(params, v),
-                                                  temperature, include_prior)
+                                                  temperature, include_prior, self.log_prior)
             z, rate = estimators.mala_chain(log_prob, z, k_mcmc, mcmc_steps, step_size)
             return self.generate(params, z), rate
         log_prob = lambda x: -energy_fn(x) / temperature

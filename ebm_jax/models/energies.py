@@ -122,7 +122,32 @@ class DeconvGenerator(nn.Module):
         return jnp.tanh(nn.ConvTranspose(C, (5, 5), strides=(2, 2), padding="SAME")(h))
 
 
-ENERGY_KINDS = ("mlp", "rbm", "autoencoder")
+class ProductOfExpertsEnergy(nn.Module):
+    """Kim & Bengio's deep energy model, Eq. 11:
+
+        E(x) = ||x||^2 / sigma^2 - b^T x - sum_i softplus(W_i^T f(x) + b_i)
+
+    with f an MLP feature extractor (`hidden` widths, each followed by `activation`) and `num_experts`
+    experts. Each expert grows at most linearly in ||f(x)||, and f grows at most linearly in ||x||, so
+    the quadratic term dominates and exp(-E) is integrable."""
+    hidden: Sequence[int]
+    num_experts: int
+    sigma: float = 1.0
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        from ebm_jax.models.mlp import _activate
+        v = x.reshape(x.shape[0], -1)
+        h = v
+        for width in self.hidden:
+            h = _activate(self.activation, nn.Dense(width)(h))
+        experts = nn.Dense(self.num_experts, name="experts")(h)
+        b = self.param("b", nn.initializers.zeros, (v.shape[1],))
+        return jnp.sum(v ** 2, axis=1) / self.sigma ** 2 - v @ b - jnp.sum(jax.nn.softplus(experts), axis=1)
+
+
+ENERGY_KINDS = ("mlp", "rbm", "autoencoder", "product_of_experts")
 GENERATOR_KINDS = ("mlp", "deconv")
 
 
@@ -144,6 +169,12 @@ def build_energy(energy_config, data_shape):
         return AutoencoderEnergy(tuple(int(h) for h in energy_config.hidden), int(energy_config.code_dim),
                                  int(np.prod(data_shape)), energy_config.activation,
                                  int(energy_config.get("num_classes", 0)), float(energy_config.get("margin", 1.0)))
+    if kind == "product_of_experts":
+        sigma = float(energy_config.sigma)
+        if not sigma > 0:
+            raise ConfigError(f"model.energy.sigma={sigma} is invalid; it must be > 0 (Eq. 11's ||x||^2 / sigma^2).")
+        return ProductOfExpertsEnergy(tuple(int(h) for h in energy_config.hidden), int(energy_config.num_experts),
+                                      sigma, energy_config.activation)
     raise ConfigError(f"model.energy.kind {kind!r} is unknown; valid kinds are {list(ENERGY_KINDS)}.")
 
 

@@ -1,0 +1,165 @@
+"""Kim & Bengio (2016), "Deep directed generative models with energy-based probability estimation".
+
+One iteration (one compiled call):
+  energy (DEM), Eq. 12:     mean E(x+) - mean E(G(z)),  z ~ U(-1, 1)^d, G's samples held fixed
+  generator (DGM), Eq. 13-15: mean E(G(z)) - w * sum_a 0.5 log(2 pi e gamma_a^2)
+where gamma_a are the batch-norm scale parameters of every normalised activation of G (Eq. 15's
+entropy surrogate; w = method.entropy_weight, 1 in the paper). The energy is the product of experts of
+Eq. 11 (models.ProductOfExpertsEnergy).
+
+Batch norm: updates normalise with the statistics of the current (global, all-device) batch and
+update running averages kept in the state; sampling and evaluation use the running averages.
+"""
+import math
+from typing import Any, Dict
+
+import ml_collections
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebm_jax.methods.base import GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import NormalizedGeneratorMLP, build_energy
+
+
+def batch_norm_entropy(generator_params) -> jax.Array:
+    """Eq. 15: sum over every batch-normalised activation a of 0.5 log(2 pi e gamma_a^2)."""
+    scales = [v for k, v in generator_params.items() if k.startswith("bn_scale_")]
+    total = jnp.zeros(())
+    for g in scales:
+        total = total + jnp.sum(0.5 * jnp.log(2.0 * math.pi * math.e * g ** 2))
+    return total
+
+
+def energy_loss(e_data, e_generated):
+    """Eq. 12 as a loss: positive phase on data, negative phase on generator samples."""
+    return jnp.mean(e_data) - jnp.mean(e_generated)
+
+
+def generator_loss(e_generated, entropy, entropy_weight=1.0):
+    """Eq. 13 with Eq. 14 (energy of the samples) and Eq. 15 (entropy surrogate)."""
+    return jnp.mean(e_generated) - entropy_weight * entropy
+
+
+class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
+    name = "ddgm"
+    progress_metrics = ("energy_loss", "generator_loss", "entropy", "energy_real", "energy_generated")
+
+    def __init__(self, config, data_shape):
+        super().__init__(config, data_shape)
+        check_positive(config, "method.entropy_weight", allow_zero=True)
+        mc = config.model
+        self.energy_net = build_energy(mc.energy, self.data_shape)
+        self.generator_net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
+                                                    mc.generator.activation, True)
+        steps = int(config.train.num_steps)
+        self.tx_energy = make_optimizer(config.optim, steps)
+        self.tx_generator = make_optimizer(config.optim, steps)
+
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        k_e, k_g = jax.random.split(key)
+        x = jnp.zeros((2,) + self.data_shape, jnp.float32)
+        z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
+        g_vars = self.generator_net.init(k_g, z)
+        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_vars["params"]}
+        return {"params": params, "batch_stats": g_vars["batch_stats"],
+                "opt_state": {"energy": self.tx_energy.init(params["energy"]),
+                              "generator": self.tx_generator.init(params["generator"])}}
+
+    def inference_params(self, state):
+        return {**state["params"], "generator_stats": state["batch_stats"]}
+
+    def energy(self, params, x):
+        return self.energy_net.apply({"params": params["energy"]}, x)
+
+    def generate(self, params, z):
+        """Sampling: batch norm with the running averages."""
+        variables = {"params": params["generator"], "batch_stats": params.get("generator_stats", {})}
+        return self.generator_net.apply(variables, z, mode="running")[0]
+
+    def train_step(self, state, batch, key):
+        params, opt = state["params"], state["opt_state"]
+        x = batch[0]
+        k_e, k_g = jax.random.split(key)
+        w = float(self.config.method.entropy_weight)
+
+        def generate_batch(gp, z, stats, mutable):
+            variables = {"params": gp, "batch_stats": stats}
+            if mutable:
+                (out, _), new = self.generator_net.apply(variables, z, mode="batch", mutable=["batch_stats"])
+                return out, new["batch_stats"]
+            return self.generator_net.apply(variables, z, mode="batch")[0], stats
+
+        x_neg = jax.lax.stop_gradient(generate_batch(params["generator"], self.prior(k_e, x.shape[0]),
+                                                     state["batch_stats"], False)[0])
+
+        def e_loss_fn(ep):
+            e_pos = self.energy({"energy": ep}, x)
+            e_neg = self.energy({"energy": ep}, x_neg)
+            return energy_loss(e_pos, e_neg), {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg)}
+
+        (e_loss, e_aux), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
+        e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])
+        e_params = optax.apply_updates(params["energy"], e_updates)
+
+        z = self.prior(k_g, x.shape[0])
+
+        def g_loss_fn(gp):
+            x_gen, new_stats = generate_batch(gp, z, state["batch_stats"], True)
+            e_gen = self.energy({"energy": e_params}, x_gen)
+            h = batch_norm_entropy(gp)
+            return generator_loss(e_gen, h, w), (new_stats, {"energy_generated": jnp.mean(e_gen), "entropy": h})
+
+        (g_loss, (new_stats, g_aux)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params["generator"])
+        g_updates, g_opt = self.tx_generator.update(g_grads, opt["generator"], params["generator"])
+        new_state = {"params": {"energy": e_params, "generator": optax.apply_updates(params["generator"], g_updates)},
+                     "batch_stats": new_stats, "opt_state": {"energy": e_opt, "generator": g_opt}}
+        return new_state, {**e_aux, **g_aux, "energy_loss": e_loss, "generator_loss": g_loss}
+
+
+TOYS = ("fourspin", "twospirals", "25gaussians", "8gaussians", "swissroll", "checkerboard")
+
+
+def make_config(variant: str = "") -> ml_collections.ConfigDict:
+    """configs/ddgm.py. VARIANT: a dataset, fourspin (default), twospirals (Kim & Bengio's Figure 2
+    toys, 10,000 training points as in Sec. 4), any other toy, or mnist (fully connected, 128 experts,
+    latent 10; the idx files in data.data_dir, default ../shared/data/mnist).
+
+    Toys (Sec. 4): energy 2-128-128 features with 4 experts, generator 4-128-128-2 with batch norm,
+    latent 4, prior U(-1, 1), AdaGrad. sigma (Eq. 11), the learning rate, the batch size and the
+    number of iterations are not in the paper; the values here are what the README's runs use.
+    """
+    from ebm_jax import configlib
+    c = configlib.base_config()
+    c.method.name = "ddgm"
+    c.method.entropy_weight = 1.0     # weight of Eq. 15's term; the paper uses it unweighted
+    c.model.latent_dim = 4
+    c.model.prior = "uniform"         # Sec. 3.2: z ~ U(-1, 1); 'gaussian' as the option
+    c.model.energy = ml_collections.ConfigDict({"kind": "product_of_experts", "hidden": (128, 128),
+                                                "num_experts": 4, "sigma": 1.0, "activation": "relu"})
+    c.model.generator = ml_collections.ConfigDict({"hidden": (128, 128), "activation": "relu"})
+    del c.model["statistics"]
+    c.optim.name = "adagrad"          # Sec. 4; 'adam' as the option
+    c.optim.lr = 0.01
+    c.data.batch_size = 100
+    c.data.num_train = 10_000         # Sec. 4: 10,000 points per toy
+    c.train.num_steps = 20_000
+    c.train.log_every = 200
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 5000
+    c.sampling.space = "latent"
+    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",))
+    c.data.name = tokens.get("dataset", "fourspin")
+    if c.data.name == "mnist":
+        # Sec. 4: fully connected networks, 128 experts, 10-dimensional z
+        c.data.data_dir = "../shared/data/mnist"
+        c.model.latent_dim = 10
+        c.model.energy.hidden = (1024, 512)
+        c.model.energy.num_experts = 128
+        c.model.generator.hidden = (512, 1024)
+        c.train.num_steps = 10_000
+        c.eval.num_samples = 64
+        c.eval.mcmc = False
+        c.sampling.num_samples = 64
+    return c

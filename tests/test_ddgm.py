@@ -1,0 +1,151 @@
+"""Kim & Bengio's deep directed generative model: Eq. 11 energy, Eq. 15 entropy, Eqs. 12-14 losses,
+batch-norm statistics, the uniform prior and short runs of each config."""
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, SHARED
+
+from ebm_jax import configlib, train
+from ebm_jax.methods import ddgm, get_method
+from ebm_jax.models import ProductOfExpertsEnergy
+
+
+def softplus(a):
+    return np.logaddexp(0.0, a)
+
+
+def test_energy_is_eq_11_by_hand():
+    """No hidden layer (f(x) = x): E = ||x||^2 / sigma^2 - b.x - sum_i softplus(W_i.x + b_i)."""
+    m = ProductOfExpertsEnergy((), num_experts=3, sigma=0.5)
+    x = np.array([[0.3, -1.2], [2.0, 0.1]], np.float32)
+    params = m.init(jax.random.PRNGKey(0), jnp.asarray(x))["params"]
+    W, c = np.asarray(params["experts"]["kernel"], np.float64), np.asarray(params["experts"]["bias"], np.float64)
+    params = {**params, "b": jnp.array([0.7, -0.4])}
+    b = np.array([0.7, -0.4])
+    want = np.sum(x ** 2, 1) / 0.25 - x @ b - np.sum(softplus(x @ W + c), axis=1)
+    np.testing.assert_allclose(np.asarray(m.apply({"params": params}, jnp.asarray(x))), want, rtol=1e-5)
+
+
+def test_energy_is_integrable():
+    """The quadratic term dominates: E(t u) / t^2 -> 1 / sigma^2 along any direction u, so exp(-E) is
+    integrable; checked with random ReLU features for several directions."""
+    m = ProductOfExpertsEnergy((64, 64), num_experts=8, sigma=2.0)
+    params = m.init(jax.random.PRNGKey(1), jnp.zeros((1, 2)))["params"]
+    u = np.random.default_rng(0).normal(size=(16, 2))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    for t in (1e2, 1e4):
+        ratio = np.asarray(m.apply({"params": params}, jnp.asarray(t * u, jnp.float32))) / t ** 2
+        assert np.all(np.abs(ratio - 0.25) < 30.0 / t)   # the experts only add O(t)
+
+
+def test_batch_norm_entropy_is_eq_15():
+    params = {"bn_scale_0": jnp.array([1.0, 2.0]), "bn_scale_1": jnp.array([0.5]), "Dense_0": {}}
+    want = sum(0.5 * math.log(2 * math.pi * math.e * g ** 2) for g in (1.0, 2.0, 0.5))
+    assert float(ddgm.batch_norm_entropy(params)) == pytest.approx(want, rel=1e-6)
+
+
+def tiny(variant="fourspin", **over):
+    c = ddgm.make_config(variant)
+    c.model.energy.hidden = (16,)
+    c.model.generator.hidden = (16, 16)
+    c.data.batch_size = 8
+    c.optim.name = "sgd"
+    c.optim.lr = 0.05
+    for path, value in over.items():
+        node = c
+        *parents, leaf = path.split(".")
+        for q in parents:
+            node = node[q]
+        node[leaf] = value
+    return c
+
+
+def test_losses_are_eqs_12_to_15_and_batch_stats_update():
+    c = tiny(**{"method.entropy_weight": 0.5})
+    method = get_method(c, (2,))
+    state = method.init(jax.random.PRNGKey(0), None)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 2)), jnp.float32)
+    key = jax.random.PRNGKey(3)
+    new, metrics = method.train_step(state, x[None], key)
+    k_e, k_g = jax.random.split(key)
+    gvars = {"params": state["params"]["generator"], "batch_stats": state["batch_stats"]}
+    # Eq. 12 with the generator's samples of z ~ U(-1, 1) in batch mode (training statistics)
+    z_e = method.prior(k_e, 8)
+    assert np.all(np.abs(np.asarray(z_e)) <= 1.0)
+    x_neg = method.generator_net.apply(gvars, z_e, mode="batch")[0]
+    e = lambda p, v: np.asarray(method.energy_net.apply({"params": p}, v))
+    want_e = e(state["params"]["energy"], x).mean() - e(state["params"]["energy"], x_neg).mean()
+    assert float(metrics["energy_loss"]) == pytest.approx(want_e, rel=1e-5, abs=1e-5)
+    # Eqs. 13-15 with the energy just updated
+    x_gen = method.generator_net.apply(gvars, method.prior(k_g, 8), mode="batch")[0]
+    h = sum(float(np.sum(0.5 * np.log(2 * np.pi * np.e * np.asarray(v) ** 2)))
+            for k, v in state["params"]["generator"].items() if k.startswith("bn_scale_"))
+    want_g = e(new["params"]["energy"], x_gen).mean() - 0.5 * h
+    assert float(metrics["generator_loss"]) == pytest.approx(want_g, rel=1e-5, abs=1e-5)
+    # the entropy term alone moves every BN scale up by lr * w / gamma (d/dgamma of -w log gamma)
+    assert np.all(np.asarray(new["params"]["generator"]["bn_scale_0"]) != 1.0)
+    # running averages move towards the batch's statistics; sampling uses them, so a sample does
+    # not depend on the rest of its batch
+    assert not np.allclose(np.asarray(new["batch_stats"]["mean_0"]), np.asarray(state["batch_stats"]["mean_0"]))
+    params = method.inference_params(new)
+    z = method.prior(jax.random.PRNGKey(9), 10)
+    np.testing.assert_allclose(np.asarray(method.generate(params, z))[:1], np.asarray(method.generate(params, z[:1])),
+                               rtol=1e-5)
+
+
+def test_uniform_prior_log_density_and_latent_mala_stays_in_the_box():
+    method = get_method(tiny(), (2,))
+    state = method.init(jax.random.PRNGKey(0), None)
+    lp = np.asarray(method.log_prior(jnp.array([[0.5, -0.9, 0.0, 1.0], [1.1, 0.0, 0.0, 0.0]])))
+    assert lp[0] == 0.0 and lp[1] == -np.inf
+    params = method.inference_params(state)
+    x, rate = method.sample(params, jax.random.PRNGKey(1), 64, mcmc_steps=20, step_size=0.05)
+    assert np.all(np.isfinite(np.asarray(x))) and 0.0 < float(rate) <= 1.0
+
+
+def test_bad_prior_and_sigma():
+    from ebm_jax.methods import ConfigError
+    with pytest.raises(ConfigError, match="valid priors"):
+        train.Trainer(tiny(**{"model.prior": "laplace"}))
+    with pytest.raises(ConfigError, match="sigma"):
+        get_method(tiny(**{"model.energy.sigma": 0.0}), (2,))
+
+
+@pytest.mark.parametrize("variant", ["fourspin", "twospirals"])
+def test_toy_configs_train_load_sample(tmp_path, variant):
+    config = configlib.load_config(os.path.join(REPO, "configs", "ddgm.py") + ":" + variant)
+    for path, value in {"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
+                        "train.progress_bar": False, "eval.grid_size": 40, "eval.num_samples": 100,
+                        "sampling.mcmc_steps": 3, "model.energy.hidden": (16,), "model.generator.hidden": (16, 16),
+                        "data.num_test": 500}.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for q in parents:
+            node = node[q]
+        node[leaf] = value
+    train.train_and_evaluate(config, str(tmp_path))
+    final = json.load(open(os.path.join(str(tmp_path), "eval_final.json")))
+    assert np.isfinite(final["kl_data_model"]) and np.isfinite(final["test_nll"])
+    import ebm_jax
+    model = ebm_jax.load(str(tmp_path))
+    x = np.asarray(model.sample(jax.random.PRNGKey(0), 10, mcmc_steps=3))
+    assert x.shape == (10, 2) and np.all(np.isfinite(x))
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "mnist")),
+                    reason="needs ../shared/data/mnist (MNIST idx files); not available outside this project's machines")
+def test_mnist_config_few_steps(tmp_path):
+    config = configlib.load_config(os.path.join(REPO, "configs", "ddgm.py") + ":mnist")
+    config.data.data_dir = os.path.join(SHARED, "data", "mnist")
+    config.train.num_steps = 3
+    config.train.progress_bar = False
+    train.train_and_evaluate(config, str(tmp_path))
+    import ebm_jax
+    model = ebm_jax.load(str(tmp_path))
+    x = np.asarray(model.sample(jax.random.PRNGKey(0), 4))
+    assert x.shape == (4, 28, 28, 1) and np.all(np.isfinite(x))
