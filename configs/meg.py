@@ -18,8 +18,9 @@ would take hours.
 The 'paper' variant restores every reference setting.
 """
 from ebm_jax import configlib as common
+from ebm_jax.data.toys import TOYS
 
-DATASETS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
+DATASETS = tuple(TOYS)  # every toy of ebm_jax/data/toys.py
 
 
 def get_config(variant: str = ""):

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ebm_jax.data import toys as toy_names
 from ebm_jax.methods.base import GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import NormalizedGeneratorMLP, build_energy
 
@@ -118,7 +119,7 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         return new_state, {**e_aux, **g_aux, "energy_loss": e_loss, "generator_loss": g_loss}
 
 
-TOYS = ("fourspin", "twospirals", "25gaussians", "8gaussians", "swissroll", "checkerboard")
+TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
 
 
 def make_config(variant: str = "") -> ml_collections.ConfigDict:

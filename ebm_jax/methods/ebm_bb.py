@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ebm_jax.data import toys as toy_names
 from ebm_jax.estimators import singular_values as sv
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
 # EBM-0GP's and WGAN-0GP's critic loss is MEG's L_E: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2
@@ -254,7 +255,7 @@ class WGANZeroGP(BidirectionalBounds):
 
 
 METHOD_CLASSES = {"ebm_bb": BidirectionalBounds, "ebm_0gp": ZeroGPBounds, "wgan_0gp": WGANZeroGP}
-TOYS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
+TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
 
 
 def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ebm_jax.data import toys as toy_names
 from ebm_jax import estimators
 from ebm_jax.estimators.stein import KERNELS
 from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
@@ -250,7 +251,7 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
 
 
 METHOD_CLASSES = {"steincd": SteinCD, "cd": SteinCD, "steingan": SteinGAN}
-TOYS = ("25gaussians", "8gaussians", "swissroll", "checkerboard")
+TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
 
 
 def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:
