@@ -6,6 +6,7 @@
     x = model.sample(key, 64, mcmc_steps=100, step_size=0.01, space="latent")
     s = model.anomaly_score(x, kind="energy")        # or "score_norm"
     ll = model.log_likelihood(x)                     # exact log p(x), RBM energies only
+    x = model.interpolate(key, rows=8, steps=10)     # G(z) along latent lines (Kim & Bengio Fig. 3)
 """
 import os
 from typing import Optional
@@ -64,6 +65,17 @@ class Model:
             temperature=float(s.temperature if temperature is None else temperature),
             include_prior=bool(s.include_prior if include_prior is None else include_prior))
         return (x, rate) if return_acceptance else x
+
+    def interpolate(self, key, rows: int = 8, steps: int = 10):
+        """G(z) along straight lines in latent space between pairs of prior draws (Kim & Bengio's
+        Figure 3): (rows * steps, ...) samples, row r going from G(z_r) to G(z'_r)."""
+        if not self.method.has_generator:
+            raise ValueError(f"{self.method.name} has no generator to interpolate.")
+        k0, k1 = jax.random.split(key)
+        z0, z1 = self.method.prior(k0, rows), self.method.prior(k1, rows)
+        t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
+        z = ((1.0 - t) * z0[:, None] + t * z1[:, None]).reshape((rows * steps,) + z0.shape[1:])
+        return self.generate(z)
 
     def log_likelihood(self, x):
         """(B,) exact log p(x) = -E(x) - log Z, for energies with an exact partition function (the RBM)."""

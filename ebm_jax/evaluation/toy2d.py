@@ -167,8 +167,10 @@ def write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def image_grid_png(samples: Dict[str, np.ndarray], title: str = "", max_images: int = 64) -> bytes:
-    """PNG of image samples in [-1, 1] (N, H, W, C), one grid per kind (generator, mcmc)."""
+def image_grid_png(samples: Dict[str, np.ndarray], title: str = "", max_images: int = 64,
+                   cols: Optional[int] = None) -> bytes:
+    """PNG of image samples in [-1, 1] (N, H, W, C), one grid per kind (generator, mcmc); `cols`
+    images per row (default: a square grid)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -176,14 +178,14 @@ def image_grid_png(samples: Dict[str, np.ndarray], title: str = "", max_images: 
     for ax, (kind, x) in zip(axes[0], samples.items()):
         x = np.clip((np.asarray(x[:max_images]) + 1.0) / 2.0, 0.0, 1.0)
         n, h, w, c = x.shape
-        cols = int(np.ceil(np.sqrt(n)))
-        rows = int(np.ceil(n / cols))
-        grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
+        ncol = int(cols or np.ceil(np.sqrt(n)))
+        rows = int(np.ceil(n / ncol))
+        grid = np.ones((rows * (h + 1) + 1, ncol * (w + 1) + 1, c), np.float32)
         for i in range(n):
-            r, q = divmod(i, cols)
+            r, q = divmod(i, ncol)
             grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
         ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-        ax.set_title(f"{kind} samples")
+        ax.set_title(kind if cols else f"{kind} samples")
         ax.axis("off")
     if title:
         fig.suptitle(title)
