@@ -7,6 +7,8 @@
     s = model.anomaly_score(x, kind="energy")        # or "score_norm"
     ll = model.log_likelihood(x)                     # exact log p(x), RBM energies only
     x = model.interpolate(key, rows=8, steps=10)     # G(z) along latent lines (Kim & Bengio Fig. 3)
+    mu, log_var = model.encode(x)                    # q(z|x), divergence triangle only
+    x_rec = model.reconstruct(x)                     # g(mu(x)), divergence triangle only
 """
 import os
 from typing import Optional
@@ -29,6 +31,7 @@ class Model:
         self._generate = jax.jit(method.generate)
         self._sample = jax.jit(method.sample, static_argnums=(2, 3), static_argnames=("space", "include_prior"))
         self._anomaly = jax.jit(method.anomaly_score, static_argnames=("kind",))
+        self._jitted = {}
 
     def _check_x(self, x):
         x = jnp.asarray(x, jnp.float32)
@@ -76,6 +79,22 @@ class Model:
         t = jnp.linspace(0.0, 1.0, steps)[None, :, None]
         z = ((1.0 - t) * z0[:, None] + t * z1[:, None]).reshape((rows * steps,) + z0.shape[1:])
         return self.generate(z)
+
+    def _method_fn(self, name):
+        if not hasattr(self.method, name):
+            raise ValueError(f"{self.method.name} has no inference model, so it has no {name}(); the divergence "
+                             "triangle (configs/triangle.py) has one.")
+        if name not in self._jitted:
+            self._jitted[name] = jax.jit(getattr(self.method, name))
+        return self._jitted[name]
+
+    def encode(self, x):
+        """(mu, log_var) of the inference model q(z|x) = N(mu, diag exp(log_var)), each (B, latent_dim)."""
+        return self._method_fn("encode")(self.params, self._check_x(x))
+
+    def reconstruct(self, x):
+        """g(mu(x)): the generator at the inferred latent mean, same shape as x."""
+        return self._method_fn("reconstruct")(self.params, self._check_x(x))
 
     def log_likelihood(self, x):
         """(B,) exact log p(x) = -E(x) - log Z, for energies with an exact partition function (the RBM)."""

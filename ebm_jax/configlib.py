@@ -42,6 +42,11 @@ def base_config() -> ml_collections.ConfigDict:
         "num_samples": 2500,       # generator / MCMC samples for mode and quality metrics
         "mode_min_count": 5,       # a mode is covered with at least this many high-quality samples
         "mcmc": True,              # also evaluate MCMC samples (config.sampling)
+        # out-of-distribution check: a folder with an MNIST-format test split (t10k-images-idx3-ubyte.gz),
+        # e.g. Fashion-MNIST for an MNIST model; '' = off. Reports ood_energy/* and ood_score_norm/*
+        # (AUROC, AUPRC, FPR80) of telling those images from the model's own test split.
+        "ood_data_dir": "",
+        "num_ood": 10_000,         # examples of each set used for the OOD metrics
     })
 
     c.sampling = ml_collections.ConfigDict({

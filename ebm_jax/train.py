@@ -126,6 +126,9 @@ def evaluate_model(method, params, dataset, config, key):
                                                   s.temperature, s.include_prior))(k_mcmc)
         samples["mcmc"] = np.asarray(x)
         metrics["mcmc/acceptance_rate"] = float(rate)
+    metrics.update(method.extra_metrics(params, dataset, config))
+    if config.eval.get("ood_data_dir", ""):
+        metrics.update(ood_evaluation(method, params, dataset, config))
     if method.has_generator:
         # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
         z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
@@ -142,6 +145,24 @@ def evaluate_model(method, params, dataset, config, key):
             title += f"  KL(data||model)={m['kl_data_model']:.3f}"
         png = evaluation.plot_2d(dataset, log_p, samples, title)
     return metrics, png, samples
+
+
+def ood_evaluation(method, params, dataset, config):
+    """AUROC / AUPRC / FPR80 of telling config.eval.ood_data_dir's test images (positives) from the
+    model's own test split, scored by the energy and by the score norm ||grad_x E(x)||."""
+    from ebm_jax.data import DataError, images
+    ood = images.load_idx_split(str(config.eval.ood_data_dir), "test", field="eval.ood_data_dir")
+    if ood.shape[1:] != dataset.shape:
+        raise DataError(f"eval.ood_data_dir holds images of shape {ood.shape[1:]}, but the model's data have shape "
+                        f"{dataset.shape}; give an out-of-distribution set of the same shape.")
+    n = int(config.eval.num_ood)
+    out = {}
+    for kind in ("energy", "score_norm"):
+        score = jax.jit(lambda x: method.anomaly_score(params, x, kind))
+        s_in = evaluation.toy2d.batched(score, dataset.test[:n], chunk=1000)
+        s_out = evaluation.toy2d.batched(score, ood[:n], chunk=1000)
+        out.update(evaluation.anomaly.ood_metrics(s_in, s_out, f"ood_{kind}"))
+    return out
 
 
 def _eval_key(config, step):

@@ -36,23 +36,28 @@ def _find(data_dir: str, stem: str):
     return None
 
 
+def load_idx_split(data_dir: str, split: str, field: str = "data.data_dir"):
+    """One split ('train' or 't10k'/'test') of an MNIST-format dataset (MNIST, Fashion-MNIST) in
+    `data_dir`, as (N, 28, 28, 1) float32 in [-1, 1]. `field` names the config field in errors."""
+    from ebm_jax.data.datasets import DataError
+    stem = _FILES["test" if split in ("test", "t10k") else split]
+    path = _find(data_dir, stem) if data_dir else None
+    if path is None:
+        raise DataError(f"{field} {data_dir!r} has no {stem}.gz (or {stem}); it must be a folder holding the "
+                        "idx files of an MNIST-format dataset (nothing is downloaded).")
+    try:
+        arr = read_idx(path)
+    except (OSError, ValueError, EOFError) as e:
+        raise DataError(f"idx file {path!r} could not be read ({e}); replace it with the original idx file.") from e
+    if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+        raise DataError(f"idx file {path!r} holds images of shape {arr.shape[1:]}; valid is (28, 28).")
+    return (arr.astype(np.float32) / 127.5 - 1.0)[..., None]
+
+
 def load_mnist(data_dir: str):
     """(train, test) MNIST images in [-1, 1], shape (N, 28, 28, 1)."""
     from ebm_jax.data.datasets import DataError
     if not data_dir:
         raise DataError("data.name='mnist' needs data.data_dir, a folder with the MNIST idx files "
                         "(train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz); nothing is downloaded.")
-    out = []
-    for split, stem in _FILES.items():
-        path = _find(data_dir, stem)
-        if path is None:
-            raise DataError(f"data.data_dir {data_dir!r} has no {stem}.gz (or {stem}); it must hold the MNIST idx "
-                            "files of the original distribution.")
-        try:
-            arr = read_idx(path)
-        except (OSError, ValueError, EOFError) as e:
-            raise DataError(f"MNIST file {path!r} could not be read ({e}); replace it with the original idx file.") from e
-        if arr.ndim != 3 or arr.shape[1:] != (28, 28):
-            raise DataError(f"MNIST file {path!r} holds images of shape {arr.shape[1:]}; valid is (28, 28).")
-        out.append((arr.astype(np.float32) / 127.5 - 1.0)[..., None])
-    return out[0], out[1]
+    return load_idx_split(data_dir, "train"), load_idx_split(data_dir, "test")

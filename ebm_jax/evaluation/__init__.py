@@ -1,6 +1,7 @@
-"""Evaluation: density on a grid, KL, NLL, mode coverage and pictures for 2-D data."""
+"""Evaluation: density on a grid, KL, NLL, mode coverage and pictures for 2-D data; anomaly / OOD metrics."""
+from ebm_jax.evaluation import anomaly
 from ebm_jax.evaluation.toy2d import (evaluate_2d, grid_log_density, grid_points, image_grid_png, kl_on_grid, mode_metrics,
                                       plot_2d, plot_samples_2d, png_to_array, write_atomic)
 
-__all__ = ["evaluate_2d", "grid_log_density", "grid_points", "image_grid_png", "kl_on_grid", "mode_metrics", "plot_2d",
+__all__ = ["anomaly", "evaluate_2d", "grid_log_density", "grid_points", "image_grid_png", "kl_on_grid", "mode_metrics", "plot_2d",
            "plot_samples_2d", "png_to_array", "write_atomic"]

@@ -7,6 +7,7 @@ from ebm_jax.methods.ebm_bb import BidirectionalBounds, WGANZeroGP, ZeroGPBounds
 from ebm_jax.methods.ddgm import DeepDirectedGenerativeModel
 from ebm_jax.methods.meg import MEG
 from ebm_jax.methods.stein import SteinCD, SteinGAN
+from ebm_jax.methods.triangle import DivergenceTriangle
 
 METHODS = {
     "meg": MEG,
@@ -17,6 +18,7 @@ METHODS = {
     "cd": SteinCD,          # CD-k with Langevin dynamics: SteinCD's class with method.sampler='langevin'
     "steingan": SteinGAN,   # method.alpha > 0: SteinCD-GAN(alpha)
     "ddgm": DeepDirectedGenerativeModel,   # Kim & Bengio 2016
+    "triangle": DivergenceTriangle,        # Han et al. 2020: VAE + latent EBM f(x, z)
 }
 
 

@@ -84,6 +84,10 @@ class GeneratorEnergyMethod:
         """Exact log Z where the energy model has one (e.g. an RBM), else None."""
         return None
 
+    def extra_metrics(self, params, dataset, config) -> Dict[str, float]:
+        """Method-specific evaluation metrics (e.g. the divergence triangle's reconstruction RMSE)."""
+        return {}
+
     def inference_params(self, state):
         """What energy / generate / sample take: the parameters (plus, e.g., batch-norm averages)."""
         return state["params"]

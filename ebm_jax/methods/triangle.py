@@ -1,0 +1,261 @@
+"""The divergence triangle (Han, Nijkamp, Zhou, Pang, Zhu, Wu, CVPR 2020): a VAE (generator g and
+inference model q) trained jointly with a latent EBM pi(x, z) proportional to exp f(x, z), Algorithm 1.
+
+Three joint densities of (x, z): the generator's p(z) p(x|z) with p(x|z) = N(g(z), sigma^2 I), the data's
+q_data(x) q(z|x) with q(z|x) = N(mu(x), diag V(x)), and the latent EBM's exp f(x, z) / Z. One iteration
+(one compiled call) draws
+
+  synthesis samples (z, x~):  z ~ N(0, I),  x~ = g(z)         (Eq. 18, with x~ ~= g(z) as the paper does)
+  inference samples (x, z~):  x from the data, z~ = mu(x) + V(x)^(1/2) e   (Eq. 18)
+
+and then, in Algorithm 1's order, updates
+  alpha (EBM, Eq. 19):   L_E = -mean f(x, z~) + mean f(x~, z),  samples held fixed
+  phi (inference, Eq. 20, the gradient of Eq. 15 = KL(q||p) - KL(q||pi); the log q terms cancel):
+                         L_I = mean[ f(x, z~) - log p(z~) - log p(x|z~) ]
+      or with method.inference_objective='kl_sum' (Eq. 17 = KL(q||p) + KL(q||pi), "Ours(+)"):
+                         L_I = mean[ 2 log q(z~|x) - log p(z~) - log p(x|z~) - f(x, z~) ]
+  theta (generator, Eq. 21):  L_G = -mean log p(x|z~) - mean f(g(z), z),  z~ held fixed
+with z~ re-parameterised so that Eq. 20's gradient reaches phi, and f at the updated alpha.
+The library's energy is E(x, z) = -f(x, z); the energy of x alone is E(x) = -f(x, mu(x)), at the
+inferred z (what anomaly scores, densities on a grid and latent MCMC use).
+"""
+import math
+from typing import Any, Dict
+
+import ml_collections
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ebm_jax.data import toys as toy_names
+from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import build_generator
+from ebm_jax.models.latent import GaussianInference, LatentEnergy
+
+INFERENCE_OBJECTIVES = ("kl_difference", "kl_sum")
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def gaussian_log_density(x, mean, sigma):
+    """log N(x; mean, sigma^2 I) per row, summed over every non-batch dimension."""
+    r = (x - mean).reshape(x.shape[0], -1)
+    d = r.shape[1]
+    return -0.5 * jnp.sum(r ** 2, axis=1) / sigma ** 2 - d * jnp.log(sigma) - 0.5 * d * LOG_2PI
+
+
+def diagonal_gaussian_log_density(z, mean, log_var):
+    """log N(z; mean, diag exp(log_var)) per row."""
+    return jnp.sum(-0.5 * (z - mean) ** 2 * jnp.exp(-log_var) - 0.5 * log_var - 0.5 * LOG_2PI, axis=1)
+
+
+def latent_ebm_loss(f_inference, f_synthesis):
+    """Eq. 19: -mean f(x, z~) + mean f(x~, z)."""
+    return -jnp.mean(f_inference) + jnp.mean(f_synthesis)
+
+
+def inference_loss(f_inference, log_prior, log_likelihood, log_q, objective="kl_difference"):
+    """Eq. 20 (objective 'kl_difference', Eq. 15) or the gradient form of Eq. 17 ('kl_sum'), per the
+    module docstring; every argument is per inference sample (x, z~)."""
+    log_p = log_prior + log_likelihood
+    if objective == "kl_difference":
+        # [log q - log p] - [log q - f]: the log q terms cancel
+        return jnp.mean(f_inference - log_p)
+    if objective == "kl_sum":
+        # [log q - log p] + [log q - f]  (+ log Z, constant in phi)
+        return jnp.mean(2.0 * log_q - log_p - f_inference)
+    raise ConfigError(f"method.inference_objective {objective!r} is unknown; valid objectives are "
+                      f"{list(INFERENCE_OBJECTIVES)}.")
+
+
+def generator_loss(log_likelihood, f_synthesis):
+    """Eq. 21: -mean log p(x|z~) - mean f(g(z), z)."""
+    return -jnp.mean(log_likelihood) - jnp.mean(f_synthesis)
+
+
+class DivergenceTriangle(GeneratorEnergyMethod):
+    name = "triangle"
+    progress_metrics = ("energy_loss", "inference_loss", "generator_loss", "reconstruction_mse")
+
+    def __init__(self, config, data_shape):
+        super().__init__(config, data_shape)
+        m, mc = config.method, config.model
+        check_positive(config, "method.sigma")
+        if m.inference_objective not in INFERENCE_OBJECTIVES:
+            raise ConfigError(f"method.inference_objective {m.inference_objective!r} is unknown; valid objectives "
+                              f"are {list(INFERENCE_OBJECTIVES)}.")
+        if mc.get("prior", "gaussian") != "gaussian":
+            raise ConfigError("the divergence triangle's p(z) is N(0, I) (Sec. 3.1); set model.prior='gaussian'.")
+        d = self.latent_shape[0]
+        self.generator_net = build_generator(mc.generator, self.data_shape)
+        self.inference_net = GaussianInference(mc.inference.kind, tuple(mc.inference.hidden), d,
+                                               mc.inference.activation, self.data_shape,
+                                               int(mc.inference.get("channels", 32)))
+        e = mc.energy
+        self.energy_net = LatentEnergy(e.kind, tuple(e.encoder_hidden), int(e.features), tuple(e.hidden),
+                                       e.activation, self.data_shape, int(e.get("channels", 32)),
+                                       bool(e.spectral_norm))
+        self.sigma = float(m.sigma)
+        steps = int(config.train.num_steps)
+        self.tx = {k: make_optimizer(config.optim, steps) for k in ("energy", "inference", "generator")}
+
+    def init(self, key, example_batch) -> Dict[str, Any]:
+        k_e, k_i, k_g = jax.random.split(key, 3)
+        x = jnp.zeros((2,) + self.data_shape, jnp.float32)
+        z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
+        params = {"energy": self.energy_net.init(k_e, x, z)["params"],
+                  "inference": self.inference_net.init(k_i, x)["params"],
+                  "generator": self.generator_net.init(k_g, z)["params"]}
+        return {"params": params, "opt_state": {k: self.tx[k].init(v) for k, v in params.items()}}
+
+    # ---- the three networks ----
+    def f(self, params, x, z):
+        return self.energy_net.apply({"params": params["energy"]}, x, z)
+
+    def joint_energy(self, params, x, z):
+        """E(x, z) = -f(x, z)."""
+        return -self.f(params, x, z)
+
+    def encode(self, params, x):
+        """(mu(x), log V(x)) of q(z|x)."""
+        return self.inference_net.apply({"params": params["inference"]}, x)
+
+    def generate(self, params, z):
+        return self.generator_net.apply({"params": params["generator"]}, z)
+
+    def reconstruct(self, params, x):
+        """g(mu(x)): the generator's mean at the inferred z (Sec. 5.2's reconstructions)."""
+        return self.generate(params, self.encode(params, x)[0])
+
+    def energy(self, params, x):
+        """E(x) = -f(x, mu(x)): the latent EBM at the inferred z."""
+        return self.joint_energy(params, x, self.encode(params, x)[0])
+
+    def extra_metrics(self, params, dataset, config):
+        """Reconstruction RMSE on held-out data (Table 2's metric): per image sqrt(mean over pixels of
+        (x - g(mu(x)))^2), averaged over the test set, on the data's scale ([-1, 1] for images)."""
+        import numpy as np
+        rec = jax.jit(lambda v: jnp.sqrt(jnp.mean((v - self.reconstruct(params, v)).reshape(v.shape[0], -1) ** 2,
+                                                    axis=1)))
+        test = dataset.test[: int(config.eval.get("num_reconstruct", 10_000))]
+        rmse = np.concatenate([np.asarray(rec(test[i:i + 1000])) for i in range(0, len(test), 1000)])
+        return {"reconstruction_rmse": float(np.mean(rmse))}
+
+    # ---- one iteration: Algorithm 1 ----
+    def train_step(self, state, batch, key):
+        params, opt = state["params"], state["opt_state"]
+        x = batch[0]
+        b = x.shape[0]
+        cfg = self.config.method
+        k_z, k_e = jax.random.split(key)
+        z = self.prior(k_z, b)
+        noise = jax.random.normal(k_e, (b,) + self.latent_shape)
+
+        def infer(ip):
+            mu, log_var = self.inference_net.apply({"params": ip}, x)
+            return mu + jnp.exp(0.5 * log_var) * noise, mu, log_var   # Eq. 18, re-parameterised
+
+        z_inf, _, _ = infer(params["inference"])
+        x_syn = self.generate(params, z)
+        z_inf_fixed, x_syn_fixed = jax.lax.stop_gradient(z_inf), jax.lax.stop_gradient(x_syn)
+
+        # Step 5: latent EBM, Eq. 19
+        def e_loss_fn(ep):
+            f_inf = self.energy_net.apply({"params": ep}, x, z_inf_fixed)
+            f_syn = self.energy_net.apply({"params": ep}, x_syn_fixed, z)
+            return latent_ebm_loss(f_inf, f_syn), {"energy_real": -jnp.mean(f_inf), "energy_fake": -jnp.mean(f_syn)}
+
+        (e_loss, e_aux), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
+        e_updates, e_opt = self.tx["energy"].update(e_grads, opt["energy"], params["energy"])
+        e_params = optax.apply_updates(params["energy"], e_updates)
+        f_new = lambda xx, zz: self.energy_net.apply({"params": e_params}, xx, zz)
+
+        # Step 6: inference model, Eq. 20 (or Eq. 17), gradient through z~ = mu + V^(1/2) e
+        def i_loss_fn(ip):
+            zt, mu, log_var = infer(ip)
+            log_prior = -0.5 * jnp.sum(zt ** 2, axis=1) - 0.5 * zt.shape[1] * LOG_2PI
+            log_lik = gaussian_log_density(x, self.generate(params, zt), self.sigma)
+            log_q = diagonal_gaussian_log_density(zt, mu, log_var)
+            loss = inference_loss(f_new(x, zt), log_prior, log_lik, log_q, cfg.inference_objective)
+            return loss, {"posterior_log_var": jnp.mean(log_var)}
+
+        (i_loss, i_aux), i_grads = jax.value_and_grad(i_loss_fn, has_aux=True)(params["inference"])
+        i_updates, i_opt = self.tx["inference"].update(i_grads, opt["inference"], params["inference"])
+
+        # Step 7: generator, Eq. 21, on the iteration's inference and synthesis samples
+        def g_loss_fn(gp):
+            log_lik = gaussian_log_density(x, self.generate({"generator": gp}, z_inf_fixed), self.sigma)
+            f_syn = f_new(self.generate({"generator": gp}, z), z)
+            mse = jnp.mean((x - self.generate({"generator": gp}, z_inf_fixed)) ** 2)
+            return generator_loss(log_lik, f_syn), {"reconstruction_mse": mse, "energy_generated": -jnp.mean(f_syn)}
+
+        (g_loss, g_aux), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params["generator"])
+        g_updates, g_opt = self.tx["generator"].update(g_grads, opt["generator"], params["generator"])
+
+        new_params = {"energy": e_params, "inference": optax.apply_updates(params["inference"], i_updates),
+                      "generator": optax.apply_updates(params["generator"], g_updates)}
+        metrics = {"energy_loss": e_loss, "inference_loss": i_loss, "generator_loss": g_loss,
+                   **e_aux, **i_aux, **g_aux}
+        return {"params": new_params, "opt_state": {"energy": e_opt, "inference": i_opt, "generator": g_opt}}, metrics
+
+
+TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
+
+
+def make_config(variant: str = "") -> ml_collections.ConfigDict:
+    """configs/triangle.py. VARIANT: a toy (25gaussians by default, any toy of ebm_jax/data/toys.py), or
+    mnist (the idx files in data.data_dir, default ../shared/data/mnist), plus 'conv' for MNIST to use
+    DCGAN-style networks (strided-convolution encoders, the deconvolutional generator) instead of MLPs.
+
+    Not given in the paper, chosen here: the network widths, sigma of p(x|z) (0.05 on the toys, whose
+    modes have a std of 0.018; 0.3 on MNIST in [-1, 1]), Adam(1e-4 for the EBM, 3e-4 for the others
+    in the official code; one lr here, 2e-4) with b1 = 0.5, the iteration counts. Spectral
+    normalisation of the latent EBM is on, as Sec. 5 says.
+    """
+    from ebm_jax import configlib
+    c = configlib.base_config()
+    c.method.name = "triangle"
+    c.method.sigma = 0.05                         # std of p(x|z) = N(g(z), sigma^2 I)
+    c.method.inference_objective = "kl_difference"   # Eq. 15/20; 'kl_sum' = Eq. 17 ("Ours(+)")
+    c.model.latent_dim = 2
+    c.model.generator = ml_collections.ConfigDict({"kind": "mlp", "hidden": (128, 128, 128), "activation": "relu"})
+    c.model.inference = ml_collections.ConfigDict({"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu",
+                                                   "channels": 32})
+    c.model.energy = ml_collections.ConfigDict({"kind": "mlp", "encoder_hidden": (128, 128), "features": 64,
+                                                "hidden": (128,), "activation": "leaky_relu", "spectral_norm": True,
+                                                "channels": 32})
+    del c.model["statistics"]
+    c.optim.name = "adam"
+    c.optim.lr = 2e-4
+    c.optim.b1 = 0.5
+    c.optim.b2 = 0.999
+    c.data.batch_size = 100
+    c.train.num_steps = 20_000
+    c.train.log_every = 200
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 5000
+    c.eval.num_reconstruct = 10_000               # held-out examples for the reconstruction RMSE
+    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",), extras=("conv",))
+    c.data.name = tokens.get("dataset", "25gaussians")
+    if c.data.name == "mnist":
+        c.data.data_dir = "../shared/data/mnist"
+        c.method.sigma = 0.3
+        c.model.latent_dim = 16
+        c.model.generator = ml_collections.ConfigDict({"kind": "mlp", "hidden": (512, 512), "activation": "relu",
+                                                       "width": 512, "channels": 32})
+        c.model.inference.hidden = (512, 512)
+        c.model.energy.encoder_hidden = (512, 256)
+        c.model.energy.features = 128
+        c.model.energy.hidden = (256,)
+        c.train.num_steps = 10_000
+        c.eval.num_samples = 64
+        c.eval.mcmc = False
+        c.sampling.num_samples = 64
+        c.sampling.step_size = 1e-3
+        if "conv" in tokens["extras"]:
+            c.model.generator.kind = "deconv"
+            c.model.inference.kind = "conv"
+            c.model.energy.kind = "conv"
+    elif "conv" in tokens["extras"]:
+        raise ValueError("config variant 'conv' needs image data; use it as mnist,conv.")
+    return c
