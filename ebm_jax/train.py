@@ -48,6 +48,9 @@ class Trainer:
         self.config = config
         self.dataset = dataset if dataset is not None else get_dataset(config.data)
         self.method = get_method(config, self.dataset.shape)
+        if config.eval.get("ood_data_dir", ""):
+            # fail before training, not at the final evaluation, when the OOD set is missing or of another shape
+            ood_evaluation_data(config, self.dataset)
         self.mesh = parallel.make_mesh()
         self.num_devices = self.mesh.devices.size
         self.batch_size = int(config.data.batch_size)
@@ -147,14 +150,22 @@ def evaluate_model(method, params, dataset, config, key):
     return metrics, png, samples
 
 
-def ood_evaluation(method, params, dataset, config):
-    """AUROC / AUPRC / FPR80 of telling config.eval.ood_data_dir's test images (positives) from the
-    model's own test split, scored by the energy and by the score norm ||grad_x E(x)||."""
+def ood_evaluation_data(config, dataset):
+    """The test split in config.eval.ood_data_dir, checked against the model's data shape."""
     from ebm_jax.data import DataError, images
+    from ebm_jax.methods.base import check_positive
+    check_positive(config, "eval.num_ood", integer=True)
     ood = images.load_idx_split(str(config.eval.ood_data_dir), "test", field="eval.ood_data_dir")
     if ood.shape[1:] != dataset.shape:
         raise DataError(f"eval.ood_data_dir holds images of shape {ood.shape[1:]}, but the model's data have shape "
                         f"{dataset.shape}; give an out-of-distribution set of the same shape.")
+    return ood
+
+
+def ood_evaluation(method, params, dataset, config):
+    """AUROC / AUPRC / FPR80 of telling config.eval.ood_data_dir's test images (positives) from the
+    model's own test split, scored by the energy and by the score norm ||grad_x E(x)||."""
+    ood = ood_evaluation_data(config, dataset)
     n = int(config.eval.num_ood)
     out = {}
     for kind in ("energy", "score_norm"):
