@@ -116,6 +116,11 @@ def evaluate_model(method, params, dataset, config, key):
     samples = {}
     if method.has_generator:
         samples["generator"] = np.asarray(method.sample(params, k_gen, n)[0])
+    if hasattr(method, "reconstruct"):  # methods with an inference model: held-out data and g(mu(x))
+        held_out = dataset.test[:n]
+        if len(dataset.shape) == 3:
+            samples["test"] = held_out
+        samples["reconstruction"] = np.asarray(jax.jit(method.reconstruct)(params, held_out))
     test_energy = evaluation.toy2d.batched(energy_fn, dataset.test)
     metrics: Dict[str, Any] = {"test_energy": float(np.mean(test_energy))}
     log_z = method.log_partition(params)

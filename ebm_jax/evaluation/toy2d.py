@@ -101,6 +101,9 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
     return metrics, log_p
 
 
+PANEL_TITLES = {"test": "held-out data", "reconstruction": "reconstructions g(mu(x))"}
+
+
 def plot_2d(dataset, log_p: np.ndarray, samples: Dict[str, np.ndarray], title: str = "") -> bytes:
     """PNG bytes: data | learned density exp(-E)/Z | density with generator and MCMC samples."""
     import matplotlib
@@ -116,12 +119,12 @@ def plot_2d(dataset, log_p: np.ndarray, samples: Dict[str, np.ndarray], title: s
     axes[0].set_title("data (held out)")
     axes[1].imshow(np.exp(log_p), origin="lower", extent=box, cmap="viridis")
     axes[1].set_title("density exp(-E)/Z")
-    colors = {"generator": "r", "mcmc": "w"}
+    colors = {"generator": "r", "mcmc": "w", "reconstruction": "orange"}
     for ax, (kind, x) in zip(axes[2:], samples.items()):
         ax.imshow(np.exp(log_p), origin="lower", extent=box, cmap="viridis")
         x = np.asarray(x)
         ax.scatter(x[:, 0], x[:, 1], s=1, c=colors.get(kind, "r"))
-        ax.set_title(f"{kind} samples")
+        ax.set_title(PANEL_TITLES.get(kind, f"{kind} samples"))
     for ax in axes:
         ax.set_xlim(-extent, extent)
         ax.set_ylim(-extent, extent)
@@ -185,7 +188,7 @@ def image_grid_png(samples: Dict[str, np.ndarray], title: str = "", max_images: 
             r, q = divmod(i, ncol)
             grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
         ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None, vmin=0, vmax=1)
-        ax.set_title(kind if cols else f"{kind} samples")
+        ax.set_title(kind if cols else PANEL_TITLES.get(kind, f"{kind} samples"))
         ax.axis("off")
     if title:
         fig.suptitle(title)
