@@ -149,6 +149,20 @@ def test_mnist_config_few_steps(tmp_path):
     model = ebm_jax.load(str(tmp_path))
     x = np.asarray(model.sample(jax.random.PRNGKey(0), 4))
     assert x.shape == (4, 28, 28, 1) and np.all(np.isfinite(x))
+    assert np.all(np.abs(x) < 1.0)   # tanh outputs: the images' range
+
+
+def test_generator_output_tanh_and_unknown_output():
+    from ebm_jax.models import NormalizedGeneratorMLP
+    from ebm_jax.methods import ConfigError
+    z = jax.random.normal(jax.random.PRNGKey(1), (16, 2))
+    lin = NormalizedGeneratorMLP((8,), (3,))
+    variables = lin.init(jax.random.PRNGKey(0), z)
+    x_lin = lin.apply(variables, z)[0]
+    x_tanh = NormalizedGeneratorMLP((8,), (3,), output="tanh").apply(variables, z)[0]
+    np.testing.assert_allclose(np.asarray(x_tanh), np.tanh(np.asarray(x_lin)), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match=r"model.generator.output 'relu' is unknown; valid outputs are"):
+        NormalizedGeneratorMLP((8,), (3,), output="relu").apply(variables, z)
 
 
 def test_interpolation_is_linear_in_latent_space(tmp_path):

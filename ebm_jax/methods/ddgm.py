@@ -53,7 +53,8 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         mc = config.model
         self.energy_net = build_energy(mc.energy, self.data_shape)
         self.generator_net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
-                                                    mc.generator.activation, True)
+                                                    mc.generator.activation, True,
+                                                    output=mc.generator.get("output", "linear"))
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps)
         self.tx_generator = make_optimizer(config.optim, steps)
@@ -142,7 +143,7 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
     c.model.prior = "uniform"         # Sec. 3.2: z ~ U(-1, 1); 'gaussian' as the option
     c.model.energy = ml_collections.ConfigDict({"kind": "product_of_experts", "hidden": (128, 128),
                                                 "num_experts": 4, "sigma": 1.0, "activation": "tanh"})
-    c.model.generator = ml_collections.ConfigDict({"hidden": (128, 128), "activation": "relu"})
+    c.model.generator = ml_collections.ConfigDict({"hidden": (128, 128), "activation": "relu", "output": "linear"})
     del c.model["statistics"]
     c.optim.name = "adagrad"          # Sec. 4; 'adam' as the option
     c.optim.lr = 0.01
@@ -162,6 +163,9 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
         c.model.energy.hidden = (1024, 512)
         c.model.energy.num_experts = 128
         c.model.generator.hidden = (512, 1024)
+        # not in the paper: tanh outputs, so that samples live in the images' [-1, 1] (with a linear
+        # output, 10k iterations gave noise-like samples and data energies of -1e5)
+        c.model.generator.output = "tanh"
         c.train.num_steps = 10_000
         c.eval.num_samples = 64
         c.eval.mcmc = False

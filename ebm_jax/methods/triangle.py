@@ -26,6 +26,7 @@ import ml_collections
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ebm_jax.data import toys as toy_names
@@ -134,7 +135,6 @@ class DivergenceTriangle(GeneratorEnergyMethod):
     def extra_metrics(self, params, dataset, config):
         """Reconstruction RMSE on held-out data (Table 2's metric): per image sqrt(mean over pixels of
         (x - g(mu(x)))^2), averaged over the test set, on the data's scale ([-1, 1] for images)."""
-        import numpy as np
         rec = jax.jit(lambda v: jnp.sqrt(jnp.mean((v - self.reconstruct(params, v)).reshape(v.shape[0], -1) ** 2,
                                                     axis=1)))
         test = dataset.test[: int(config.eval.get("num_reconstruct", 10_000))]

@@ -167,6 +167,7 @@ class NormalizedGeneratorMLP(nn.Module):
     batch_norm: bool = True
     momentum: float = 0.9   # running = momentum * running + (1 - momentum) * batch (torch's 0.1)
     epsilon: float = 1e-5
+    output: str = "linear"  # or 'tanh': outputs in (-1, 1), the range of the library's images
 
     @nn.compact
     def __call__(self, z, mode: str = "batch", stats=None):
@@ -199,4 +200,8 @@ class NormalizedGeneratorMLP(nn.Module):
         for s in self.out_shape:
             size *= s
         x = nn.Dense(size)(h).reshape((z.shape[0],) + tuple(self.out_shape))
+        if self.output == "tanh":
+            x = jnp.tanh(x)
+        elif self.output != "linear":
+            raise ConfigError(f"model.generator.output {self.output!r} is unknown; valid outputs are ['linear', 'tanh'].")
         return x, used
