@@ -185,3 +185,38 @@ def test_interpolation_is_linear_in_latent_space(tmp_path):
     np.testing.assert_allclose(x[:, 0], np.asarray(model.generate(z0)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(x[:, -1], np.asarray(model.generate(z1)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(x[:, 2], np.asarray(model.generate(0.5 * z0 + 0.5 * z1)), rtol=1e-5, atol=1e-6)
+
+
+DEVICE_SCRIPT = """
+import sys, numpy as np, jax
+sys.path.insert(0, {repo!r})
+from ebm_jax import train
+from ebm_jax.methods import ddgm
+assert jax.device_count() == {n}, jax.devices()
+c = ddgm.make_config("fourspin")
+c.model.energy.hidden = (16,); c.model.generator.hidden = (16, 16); c.data.batch_size = 64
+c.optim.name = "sgd"; c.optim.lr = 0.05; c.train.num_steps = 5; c.train.progress_bar = False
+c.train.checkpoint_every = 5; c.eval.grid_size = 20; c.eval.num_samples = 64; c.sampling.mcmc_steps = 0
+state = jax.device_get(train.train_and_evaluate(c, {wd!r}))
+flat = jax.tree_util.tree_flatten_with_path({{"params": state["params"], "stats": state["batch_stats"]}})[0]
+np.savez({out!r}, **{{jax.tree_util.keystr(p): v for p, v in flat}})
+"""
+
+
+def test_batch_norm_statistics_are_global_across_devices(tmp_path):
+    """1 device and 8 (the batch sharded 8 ways) give the same parameters and running averages: batch
+    norm normalises with the whole global batch's statistics, not each device's shard."""
+    import subprocess
+    import sys
+    results = {}
+    for n in (1, 8):
+        out = str(tmp_path / f"p{n}.npz")
+        script = DEVICE_SCRIPT.format(repo=REPO, n=n, wd=str(tmp_path / f"wd{n}"), out=out)
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        with np.load(out) as f:
+            results[n] = dict(f)
+    assert any("mean_0" in k for k in results[1])
+    for k in results[1]:
+        np.testing.assert_allclose(results[1][k], results[8][k], rtol=2e-4, atol=2e-5, err_msg=k)
