@@ -184,10 +184,11 @@ class DivergenceTriangle(GeneratorEnergyMethod):
 
         # Step 7: generator, Eq. 21, on the iteration's inference and synthesis samples
         def g_loss_fn(gp):
-            log_lik = gaussian_log_density(x, self.generate({"generator": gp}, z_inf_fixed), self.sigma)
+            x_rec = self.generate({"generator": gp}, z_inf_fixed)
+            log_lik = gaussian_log_density(x, x_rec, self.sigma)
             f_syn = f_new(self.generate({"generator": gp}, z), z)
-            mse = jnp.mean((x - self.generate({"generator": gp}, z_inf_fixed)) ** 2)
-            return generator_loss(log_lik, f_syn), {"reconstruction_mse": mse, "energy_generated": -jnp.mean(f_syn)}
+            return generator_loss(log_lik, f_syn), {"reconstruction_mse": jnp.mean((x - x_rec) ** 2),
+                                                    "energy_generated": -jnp.mean(f_syn)}
 
         (g_loss, g_aux), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params["generator"])
         g_updates, g_opt = self.tx["generator"].update(g_grads, opt["generator"], params["generator"])
