@@ -195,7 +195,7 @@ def inception_score(logits, splits: int = 10) -> Tuple[float, float]:
 # A user's Inception (or any) network: 'module:function' or 'path/to/file.py:function'
 # ---------------------------------------------------------------------------------------------
 
-def resolve_spec(spec: str, field: str = "eval.inception_fn") -> Callable:
+def resolve_spec(spec: str, field: str = "config.eval.inception_fn") -> Callable:
     """The attribute named by 'package.module:function' or 'path/to/file.py:function' (not called)."""
     spec = str(spec)
     target, sep, attr = spec.rpartition(":")
@@ -218,7 +218,7 @@ def resolve_spec(spec: str, field: str = "eval.inception_fn") -> Callable:
     return getattr(module, attr)
 
 
-def load_feature_network(spec: str, field: str = "eval.inception_fn") -> Callable:
+def load_feature_network(spec: str, field: str = "config.eval.inception_fn") -> Callable:
     """Calls the factory named by `spec` once with no arguments; it must return a function mapping images
     (N, H, W, C) in [-1, 1] (the library's scale, at the data's own size) to (logits (N, K), pool
     features (N, D)). Resizing to 299x299, replicating grey channels and the network's own input
@@ -341,7 +341,7 @@ def evaluate_image_samples(samples: Dict[str, np.ndarray], dataset, eval_config,
                 for name, v in mode_coverage(stacked_mnist_mode_ids(classify, x), shape[2]).items():
                     metrics[f"{k}/{name}"] = v
     if spec:
-        net = _checked_network(load_feature_network(spec), spec, "eval.inception_fn")
+        net = _checked_network(load_feature_network(spec), spec, "config.eval.inception_fn")
         ref_stats = feature_statistics(lambda b: net(b)[1], reference, batch=250)
         for k, x in xs.items():
             for name, v in network_metrics(net, x, ref_stats).items():
