@@ -47,6 +47,16 @@ def base_config() -> ml_collections.ConfigDict:
         # (AUROC, AUPRC, FPR80) of telling those images from the model's own test split.
         "ood_data_dir": "",
         "num_ood": 10_000,         # examples of each set used for the OOD metrics
+        # Image metrics (ebm_jax/evaluation/image_metrics.py), applied by data shape, '' = off:
+        # the MNIST classifier's .npz (this project: ../shared/data/models/digit_recognizer_py_0.1.0_mnist_cnn.npz;
+        # elsewhere the output of `python -m ebm_jax.evaluation.train_classifier`): classifier_fd on
+        # (28, 28, 1) images, StackedMNIST modes_covered / mode_kl on (28, 28, S) images.
+        "classifier_path": "",
+        # 'module:function' or 'file.py:function' returning x -> (logits, pool features), e.g. an
+        # Inception network: inception_score and fid on any images.
+        "inception_fn": "",
+        "num_metric_samples": 10_000,  # samples per kind for those metrics (generator samples are topped up)
+        "fid_reference": "test",   # the split whose feature statistics the Fréchet distances compare with
     })
 
     c.sampling = ml_collections.ConfigDict({
@@ -96,6 +106,9 @@ def validate(config) -> None:
         raise ConfigError(f"config.model.prior={config.model.prior!r} is invalid; valid priors are {list(PRIORS)}.")
     if config.sampling.space not in SPACES:
         raise ConfigError(f"config.sampling.space={config.sampling.space!r} is invalid; valid spaces are {list(SPACES)}.")
+    # image-metric fields (a missing classifier file, a bad 'module:function'): fail before training
+    from ebm_jax.evaluation.image_metrics import check_eval_config
+    check_eval_config(config.eval, ConfigError)
     tf = config.data.test_fraction
     if not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
         raise ConfigError(f"config.data.test_fraction={tf!r} is invalid; it must be in [0, 1).")

@@ -137,6 +137,10 @@ def evaluate_model(method, params, dataset, config, key):
     metrics.update(method.extra_metrics(params, dataset, config))
     if config.eval.get("ood_data_dir", ""):
         metrics.update(ood_evaluation(method, params, dataset, config))
+    # image data: classifier Fréchet distance, StackedMNIST modes, IS / FID, as config.eval asks
+    metrics.update(evaluation.image_metrics.evaluate_image_samples(
+        samples, dataset, config.eval, key=jax.random.fold_in(key, 11),
+        generate=(lambda k, m: method.sample(params, k, m)[0]) if method.has_generator else None))
     if method.has_generator:
         # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
         z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
