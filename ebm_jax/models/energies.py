@@ -1,6 +1,8 @@
 """Energy models beyond the MLP: the Gaussian-Bernoulli RBM with an exact partition function and the
-autoencoder energy (SteinGAN, Wang & Liu 2017, Sections 5.1-5.2), and a small deconvolutional
-generator (SteinGAN's MNIST sampler: 2 fully connected layers, then 2 deconvolutions with 5x5 filters).
+autoencoder energy (SteinGAN, Wang & Liu 2017, Sections 5.1-5.2), a small deconvolutional
+generator (SteinGAN's MNIST sampler: 2 fully connected layers, then 2 deconvolutions with 5x5 filters),
+and the registry (build_energy, build_generator, build_statistics) of every network kind, including the
+image networks of models/images.py.
 
 Energies follow the library's sign: E(x) = -f(x), p(x) = exp(-E(x)) / Z.
 """
@@ -11,9 +13,11 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from ebm_jax.errors import ConfigError
+from ebm_jax.models import images
 from ebm_jax.models.mlp import MLP
 
 MAX_EXACT_HIDDEN = 20  # 2^20 hidden states is where the exact sum stops being cheap
@@ -147,15 +151,137 @@ class ProductOfExpertsEnergy(nn.Module):
         return jnp.sum(v ** 2, axis=1) / self.sigma ** 2 - v @ b - jnp.sum(jax.nn.softplus(experts), axis=1)
 
 
-ENERGY_KINDS = ("mlp", "rbm", "autoencoder", "product_of_experts")
-GENERATOR_KINDS = ("mlp", "deconv")
+# Fields of the image (and KDD99) network kinds with their defaults: the builders read them from the
+# config with these defaults, and `network_config` returns them as a ConfigDict for a config file to
+# start from (ml_collections refuses command-line overrides of fields a config does not declare).
+# () for channel_multipliers / downsample / head_hidden means "the default for this image size / trunk";
+# features = 0 means "the latent size", as MEG's statistics networks do.
+NETWORK_FIELDS = {
+    "energy": {
+        "dcgan": {"width": 64, "negative_slope": images.DCGAN_SLOPE, "spectral_norm": False},
+        "resnet": {"width": 64, "channel_multipliers": (), "downsample": (), "batch_norm": False,
+                   "negative_slope": images.DCGAN_SLOPE, "spectral_norm": False},
+        "meg_mnist": {"width": 512, "negative_slope": images.MEG_MNIST_SLOPE},
+        "meg_kdd": {},
+    },
+    "generator": {
+        "dcgan": {"width": 64, "batch_norm": True},
+        "resnet": {"width": 64, "channel_multipliers": (), "batch_norm": True},
+        "meg_mnist": {"width": 512, "batch_norm": True},
+        "meg_kdd": {},
+    },
+    "statistics": {
+        "dcgan": {"width": 64, "head_hidden": (), "features": 0, "negative_slope": images.DCGAN_SLOPE},
+        "meg_mnist": {"width": 512, "head_hidden": (), "features": 0, "negative_slope": images.MEG_MNIST_SLOPE},
+        "meg_kdd": {},
+    },
+}
+ENERGY_KINDS = ("mlp", "rbm", "autoencoder", "product_of_experts") + tuple(NETWORK_FIELDS["energy"])
+GENERATOR_KINDS = ("mlp", "deconv") + tuple(NETWORK_FIELDS["generator"])
+STATISTICS_KINDS = ("mlp",) + tuple(NETWORK_FIELDS["statistics"])
+# Generators of these kinds return (x, used_stats) and take mode / stats (see models.batchnorm); the
+# others ('mlp', 'deconv', 'meg_kdd') return x.
+NORMALIZED_GENERATOR_KINDS = ("dcgan", "resnet", "meg_mnist")
+
+
+def network_config(role: str, kind: str) -> ml_collections.ConfigDict:
+    """{'kind': kind, **fields with their defaults} for model.<role> (role: energy, generator, statistics)."""
+    if role not in NETWORK_FIELDS:
+        raise ConfigError(f"network role {role!r} is unknown; valid roles are {list(NETWORK_FIELDS)}.")
+    if kind not in NETWORK_FIELDS[role]:
+        raise ConfigError(f"model.{role}.kind {kind!r} has no preset; kinds with presets are {list(NETWORK_FIELDS[role])}.")
+    return ml_collections.ConfigDict({"kind": kind, **NETWORK_FIELDS[role][kind]})
+
+
+def is_normalized_generator(module) -> bool:
+    """Whether a generator returns (x, used_stats) and takes mode / stats, as NormalizedGeneratorMLP."""
+    from ebm_jax.models.mlp import NormalizedGeneratorMLP
+    return isinstance(module, (NormalizedGeneratorMLP, images.DCGANGenerator, images.ResNetGenerator,
+                               images.MEGMNISTGenerator))
+
+
+class _Fields:
+    """Reads model.<role>.<field> with the defaults of NETWORK_FIELDS and checks each value."""
+
+    def __init__(self, role: str, kind: str, config):
+        self.role, self.kind, self.config = role, kind, config
+        self.defaults = NETWORK_FIELDS[role][kind]
+
+    def _get(self, name):
+        return self.config.get(name, self.defaults[name])
+
+    def _bad(self, name, value, valid):
+        return ConfigError(f"model.{self.role}.{name}={value!r} is invalid for kind {self.kind!r}; it must be {valid}.")
+
+    def positive_int(self, name) -> int:
+        v = self._get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < 1:
+            raise self._bad(name, v, "a positive integer")
+        return int(v)
+
+    def non_negative_int(self, name) -> int:
+        v = self._get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or v < 0:
+            raise self._bad(name, v, "an integer >= 0")
+        return int(v)
+
+    def slope(self, name="negative_slope") -> float:
+        v = self._get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < 1:
+            raise self._bad(name, v, "a LeakyReLU slope in [0, 1)")
+        return float(v)
+
+    def flag(self, name) -> bool:
+        v = self._get(name)
+        if not isinstance(v, bool):
+            raise self._bad(name, v, "True or False")
+        return v
+
+    def int_tuple(self, name):
+        """A tuple of positive integers, or None for an empty tuple (the default for the image size)."""
+        v = self._get(name)
+        v = () if v is None else v
+        if not isinstance(v, (tuple, list)) or not all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) and float(m).is_integer() and m >= 1 for m in v):
+            raise self._bad(name, v, "a tuple of positive integers (empty for the default)")
+        return tuple(int(m) for m in v) or None
+
+    def bool_tuple(self, name):
+        v = self._get(name)
+        v = () if v is None else v
+        if not isinstance(v, (tuple, list)) or not all(isinstance(d, bool) or d in (0, 1) for d in v):
+            raise self._bad(name, v, "a tuple of booleans (empty for the default)")
+        return tuple(bool(d) for d in v) or None
+
+
+def _image_shape(role: str, kind: str, data_shape):
+    if len(data_shape) != 3:
+        raise ConfigError(f"model.{role}.kind {kind!r} needs image data (H, W, C); the data have shape {tuple(data_shape)}.")
+    H, W, C = (int(s) for s in data_shape)
+    if kind == "dcgan" and images.dcgan_num_halvings(H, W) == 0:
+        raise ConfigError(f"model.{role}.kind 'dcgan' needs image sides that can be halved at least once down to "
+                          f"{images.DCGAN_MIN_BOTTOM} or fewer pixels (e.g. 28, 32, 64); the images are {H}x{W}.")
+    if kind == "meg_mnist" and role == "generator" and (H, W) != images.MEG_MNIST_SHAPE:
+        raise ConfigError(f"model.generator.kind 'meg_mnist' generates 28x28 images (MEG's MNIST network); "
+                          f"the images are {H}x{W}.")
+    return H, W, C
+
+
+def _kind(role: str, config, valid):
+    kind = config.get("kind", "mlp")
+    if kind not in valid:
+        raise ConfigError(f"model.{role}.kind {kind!r} is unknown; valid kinds are {list(valid)}.")
+    return kind
 
 
 def build_energy(energy_config, data_shape):
-    """The energy network named by model.energy.kind: 'mlp' (EnergyMLP), 'rbm' (RBMEnergy, exact log Z)
-    or 'autoencoder' (AutoencoderEnergy, Eq. 24)."""
-    from ebm_jax.models.mlp import build_mlp
-    kind = energy_config.get("kind", "mlp")
+    """The energy network named by model.energy.kind: 'mlp' (EnergyMLP), 'rbm' (RBMEnergy, exact log Z),
+    'autoencoder' (AutoencoderEnergy, Eq. 24), 'product_of_experts' (Kim & Bengio Eq. 11), 'dcgan'
+    (EBM-BB Table 8), 'resnet' (Table 9), 'meg_mnist' (MEG's MNIST energy) or 'meg_kdd' (MEG's KDD99 MLP).
+    Each returns one energy per row, apply({'params': p}, x) -> (B,); a 'resnet' energy with
+    batch_norm=True also needs its 'batch_stats' (see models.images.ResNetEnergy)."""
+    from ebm_jax.models.mlp import EnergyMLP, build_mlp
+    kind = _kind("energy", energy_config, ENERGY_KINDS)
     if kind == "mlp":
         return build_mlp("energy", energy_config.hidden, energy_config.activation,
                          spectral_norm=energy_config.get("spectral_norm", False),
@@ -175,13 +301,26 @@ def build_energy(energy_config, data_shape):
             raise ConfigError(f"model.energy.sigma={sigma} is invalid; it must be > 0 (Eq. 11's ||x||^2 / sigma^2).")
         return ProductOfExpertsEnergy(tuple(int(h) for h in energy_config.hidden), int(energy_config.num_experts),
                                       sigma, energy_config.activation)
-    raise ConfigError(f"model.energy.kind {kind!r} is unknown; valid kinds are {list(ENERGY_KINDS)}.")
+    if kind == "meg_kdd":
+        return EnergyMLP(images.MEG_KDD_ENERGY_HIDDEN, "leaky_relu")
+    f = _Fields("energy", kind, energy_config)
+    H, _, _ = _image_shape("energy", kind, data_shape)
+    if kind == "dcgan":
+        return images.DCGANEnergy(f.positive_int("width"), f.slope(), f.flag("spectral_norm"))
+    if kind == "resnet":
+        mults, downs = f.int_tuple("channel_multipliers"), f.bool_tuple("downsample")
+        images.resnet_energy_plan(H, mults, downs)  # config errors now, not at the first call
+        return images.ResNetEnergy(f.positive_int("width"), mults, downs, f.flag("batch_norm"), f.slope(),
+                                   f.flag("spectral_norm"))
+    return images.MEGMNISTEnergy(f.positive_int("width"), f.slope())
 
 
 def build_generator(generator_config, data_shape):
-    """'mlp' (GeneratorMLP) or 'deconv' (DeconvGenerator, images (H, W, C) only)."""
-    from ebm_jax.models.mlp import build_mlp
-    kind = generator_config.get("kind", "mlp")
+    """'mlp' (GeneratorMLP), 'deconv' (DeconvGenerator), 'meg_kdd' (MEG's KDD99 MLP): apply -> x;
+    'dcgan' (EBM-BB Table 8), 'resnet' (Table 10), 'meg_mnist' (MEG's MNIST generator): batch-normalised,
+    apply(variables, z, mode=..., stats=...) -> (x, used_stats) as NormalizedGeneratorMLP."""
+    from ebm_jax.models.mlp import GeneratorMLP, build_mlp
+    kind = _kind("generator", generator_config, GENERATOR_KINDS)
     if kind == "mlp":
         return build_mlp("generator", generator_config.hidden, generator_config.activation, out_shape=data_shape)
     if kind == "deconv":
@@ -189,4 +328,30 @@ def build_generator(generator_config, data_shape):
             raise ConfigError(f"model.generator.kind 'deconv' needs image data (H, W, C); the data have shape {tuple(data_shape)}.")
         return DeconvGenerator(tuple(data_shape), int(generator_config.get("width", 1024)),
                                int(generator_config.get("channels", 64)))
-    raise ConfigError(f"model.generator.kind {kind!r} is unknown; valid kinds are {list(GENERATOR_KINDS)}.")
+    if kind == "meg_kdd":
+        return GeneratorMLP(images.MEG_KDD_GENERATOR_HIDDEN, tuple(data_shape), "relu")
+    f = _Fields("generator", kind, generator_config)
+    H, W, C = _image_shape("generator", kind, data_shape)
+    if kind == "dcgan":
+        return images.DCGANGenerator((H, W, C), f.positive_int("width"), f.flag("batch_norm"))
+    if kind == "resnet":
+        mults = f.int_tuple("channel_multipliers")
+        images.resnet_generator_plan(H, W, mults)
+        return images.ResNetGenerator((H, W, C), f.positive_int("width"), mults, f.flag("batch_norm"))
+    return images.MEGMNISTGenerator(C, f.positive_int("width"), f.flag("batch_norm"))
+
+
+def build_statistics(statistics_config, data_shape):
+    """The statistics network T(x, z) of MEG's mutual-information estimator, apply({'params': p}, x, z)
+    -> (B,): 'mlp' (StatisticsMLP on [x, z]), 'dcgan' or 'meg_mnist' (models.images.ConvStatistics with
+    that energy's convolutional trunk) or 'meg_kdd' (MEG's KDD99 MLP)."""
+    from ebm_jax.models.mlp import StatisticsMLP, build_mlp
+    kind = _kind("statistics", statistics_config, STATISTICS_KINDS)
+    if kind == "mlp":
+        return build_mlp("statistics", statistics_config.hidden, statistics_config.activation)
+    if kind == "meg_kdd":
+        return StatisticsMLP(images.MEG_KDD_STATISTICS_HIDDEN, "leaky_relu")
+    f = _Fields("statistics", kind, statistics_config)
+    _image_shape("statistics", kind, data_shape)
+    return images.ConvStatistics(kind, f.positive_int("width"), f.int_tuple("head_hidden"),
+                                 f.non_negative_int("features"), f.slope())

@@ -5,7 +5,7 @@ convolutions for images).
 The latent EBM follows Sec. 3.5: "we first encode x into a vector and then concatenate this vector
 with the vector z, and then get f(x, z) by a network defined on the concatenated vector".
 """
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
@@ -19,10 +19,12 @@ ENCODER_KINDS = ("mlp", "conv")
 
 class SpectralConv(nn.Module):
     """Conv with the kernel divided by the spectral norm of its (kh*kw*cin, cout) reshaping, as
-    torch.nn.utils.spectral_norm treats a convolution (Miyato et al. 2018)."""
+    torch.nn.utils.spectral_norm treats a convolution (Miyato et al. 2018). `padding` is 'SAME',
+    'VALID' or ((lo, hi), (lo, hi)) as in flax.linen.Conv."""
     features: int
     kernel_size: Sequence[int]
     strides: Sequence[int]
+    padding: Any = "SAME"
 
     @nn.compact
     def __call__(self, x):
@@ -30,7 +32,8 @@ class SpectralConv(nn.Module):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         w = kernel / spectral_norm_estimate(kernel)
-        y = jax.lax.conv_general_dilated(x, w, tuple(self.strides), "SAME",
+        padding = self.padding if isinstance(self.padding, str) else tuple(tuple(p) for p in self.padding)
+        y = jax.lax.conv_general_dilated(x, w, tuple(self.strides), padding,
                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from ebm_jax.errors import ConfigError
+from ebm_jax.models.batchnorm import BatchNormLayers
 
 ACTIVATIONS = {
     "relu": nn.relu,
@@ -152,7 +153,8 @@ def build_mlp(kind: str, hidden, activation, out_shape=None, spectral_norm: bool
 class NormalizedGeneratorMLP(nn.Module):
     """G(z) with Dense -> activation -> BatchNorm hidden layers (EBM-BB Table 6: Linear, PReLU, BN).
 
-    Batch normalisation is written out so that its statistics can be passed in. `mode`:
+    Batch normalisation is written out (models.batchnorm.BatchNormLayers, shared with the image
+    generators) so that its statistics can be passed in. `mode`:
       'batch'   normalise with this batch's mean/variance (training); returns them, and updates the
                 running averages when the 'batch_stats' collection is mutable;
       'running' normalise with the running averages (sampling, evaluation);
@@ -171,31 +173,12 @@ class NormalizedGeneratorMLP(nn.Module):
 
     @nn.compact
     def __call__(self, z, mode: str = "batch", stats=None):
+        bn = BatchNormLayers(self, mode, stats, self.momentum, self.epsilon)
         h = z.reshape(z.shape[0], -1)
-        used = []
-        for i, width in enumerate(self.hidden):
+        for width in self.hidden:
             h = _activate(self.activation, nn.Dense(width)(h))
-            if not self.batch_norm:
-                continue
-            scale = self.param(f"bn_scale_{i}", nn.initializers.ones, (width,))
-            bias = self.param(f"bn_bias_{i}", nn.initializers.zeros, (width,))
-            ra_mean = self.variable("batch_stats", f"mean_{i}", lambda: jnp.zeros((width,), jnp.float32))
-            ra_var = self.variable("batch_stats", f"var_{i}", lambda: jnp.ones((width,), jnp.float32))
-            if mode == "batch":
-                mean, var = jnp.mean(h, axis=0), jnp.var(h, axis=0)
-                if self.is_mutable_collection("batch_stats") and not self.is_initializing():
-                    n = h.shape[0]
-                    ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
-                    # torch keeps the unbiased variance in its running average
-                    ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var * n / max(n - 1, 1)
-            elif mode == "running":
-                mean, var = ra_mean.value, ra_var.value
-            elif mode == "given":
-                mean, var = stats[i]
-            else:
-                raise ValueError(f"generator mode {mode!r} is unknown; valid modes are ['batch', 'running', 'given'].")
-            used.append((mean, var))
-            h = (h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+            if self.batch_norm:
+                h = bn(h)
         size = 1
         for s in self.out_shape:
             size *= s
@@ -204,4 +187,4 @@ class NormalizedGeneratorMLP(nn.Module):
             x = jnp.tanh(x)
         elif self.output != "linear":
             raise ConfigError(f"model.generator.output {self.output!r} is unknown; valid outputs are ['linear', 'tanh'].")
-        return x, used
+        return x, bn.finish()
