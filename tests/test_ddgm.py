@@ -77,12 +77,12 @@ def test_losses_are_eqs_12_to_15_and_batch_stats_update():
     # Eq. 12 with the generator's samples of z ~ U(-1, 1) in batch mode (training statistics)
     z_e = method.prior(k_e, 8)
     assert np.all(np.abs(np.asarray(z_e)) <= 1.0)
-    x_neg = method.generator_net.apply(gvars, z_e, mode="batch")[0]
+    x_neg = method.gen.net.apply(gvars, z_e, mode="batch")[0]
     e = lambda p, v: np.asarray(method.energy_net.apply({"params": p}, v))
     want_e = e(state["params"]["energy"], x).mean() - e(state["params"]["energy"], x_neg).mean()
     assert float(metrics["energy_loss"]) == pytest.approx(want_e, rel=1e-5, abs=1e-5)
     # Eqs. 13-15 with the energy just updated
-    x_gen = method.generator_net.apply(gvars, method.prior(k_g, 8), mode="batch")[0]
+    x_gen = method.gen.net.apply(gvars, method.prior(k_g, 8), mode="batch")[0]
     h = sum(float(np.sum(0.5 * np.log(2 * np.pi * np.e * np.asarray(v) ** 2)))
             for k, v in state["params"]["generator"].items() if k.startswith("bn_scale_"))
     want_g = e(new["params"]["energy"], x_gen).mean() - 0.5 * h

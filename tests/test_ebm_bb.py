@@ -59,7 +59,7 @@ def test_upper_bound_term_matches_explicit_formula():
     method, state = linear_method("ebm_bb", a, b, probes=40000)
     method.energy = lambda params, x: 0.5 * jnp.einsum("bi,ij,bj->b", x, q, x)
     z = np.array([0.3, -0.7], np.float32)
-    fn = method._sample_map(state["params"]["generator"], {}, [])
+    fn = method.gen.per_sample(state["params"]["generator"], {}, [])
     w = method._latent_score(fn, jnp.asarray(z), jax.random.PRNGKey(2), jnp.array([1.0, 0.0]))
     np.testing.assert_allclose(w, -z, rtol=1e-5, atol=1e-6)   # s_1 is constant for a linear G
     estimate = float(method._upper_bound_sq(None, fn, jnp.asarray(z), jax.random.PRNGKey(3), w))

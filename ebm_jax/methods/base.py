@@ -9,6 +9,7 @@ import optax
 
 from ebm_jax import estimators
 from ebm_jax.errors import ConfigError
+from ebm_jax.models import is_normalized_generator
 
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -49,6 +50,54 @@ def make_optimizer(optim_config, total_updates: int = 1) -> optax.GradientTransf
     return tx
 
 
+class Generator:
+    """One calling convention over every generator network, with or without batch norm.
+
+    Batch-normalised generators (models.is_normalized_generator: NormalizedGeneratorMLP and the DCGAN,
+    ResNet and MEG-MNIST image generators) return (x, used_stats) and keep running averages in a
+    'batch_stats' collection; the others return x. Methods train with `train_batch` (the batch's own
+    statistics, as torch's train mode), sample with `sample` (running averages, eval mode), and take
+    per-sample Jacobians through `per_sample` (one z, the batch's statistics held fixed)."""
+
+    def __init__(self, net):
+        self.net = net
+        self.normalized = is_normalized_generator(net)
+
+    def init(self, key, z):
+        """(params, running averages): the averages are {} for a generator without batch norm."""
+        variables = self.net.init(key, z)
+        return variables["params"], variables.get("batch_stats", {})
+
+    def state_entries(self, batch_stats) -> Dict[str, Any]:
+        """The train-state entry for the running averages; none without batch norm, so that the state
+        (and its checkpoints) of a plain generator stay as they were."""
+        return {"batch_stats": batch_stats} if self.normalized else {}
+
+    def train_batch(self, params, batch_stats, z, update_stats: bool = True):
+        """(x, statistics used, new running averages), normalising with the batch's statistics."""
+        if not self.normalized:
+            return self.net.apply({"params": params}, z), [], batch_stats
+        variables = {"params": params, "batch_stats": batch_stats}
+        if update_stats:
+            (x, stats), new = self.net.apply(variables, z, mode="batch", mutable=["batch_stats"])
+            return x, stats, new.get("batch_stats", batch_stats)
+        x, stats = self.net.apply(variables, z, mode="batch")
+        return x, stats, batch_stats
+
+    def sample(self, params, batch_stats, z):
+        """G(z) for sampling and evaluation: batch norm with the running averages."""
+        if not self.normalized:
+            return self.net.apply({"params": params}, z)
+        return self.net.apply({"params": params, "batch_stats": batch_stats}, z, mode="running")[0]
+
+    def per_sample(self, params, batch_stats, stats):
+        """z (latent,) -> G(z) of one sample, normalising with `stats` from a train_batch call."""
+        if not self.normalized:
+            return lambda zz: self.net.apply({"params": params}, zz[None])[0]
+        variables = {"params": params, "batch_stats": batch_stats}
+        return lambda zz: self.net.apply(variables, zz[None], mode="given", stats=stats)[0][0]
+
+
 class GeneratorEnergyMethod:
     """An energy E(x) trained together with a generator G(z), z ~ N(0, I).
 
@@ -76,9 +125,6 @@ class GeneratorEnergyMethod:
     def energy(self, params, x):
         raise NotImplementedError
 
-    def generate(self, params, z):
-        raise NotImplementedError
-
     # ---- shared ----
     def log_partition(self, params):
         """Exact log Z where the energy model has one (e.g. an RBM), else None."""
@@ -89,8 +135,16 @@ class GeneratorEnergyMethod:
         return {}
 
     def inference_params(self, state):
-        """What energy / generate / sample take: the parameters (plus, e.g., batch-norm averages)."""
+        """What energy / generate / sample take: the parameters, plus the generator's batch-norm
+        running averages as params['generator_stats'] where the state keeps them."""
+        if "batch_stats" in state:
+            return {**state["params"], "generator_stats": state["batch_stats"]}
         return state["params"]
+
+    def generate(self, params, z):
+        """G(z) for sampling (batch norm with the running averages); methods keep their Generator in
+        self.gen."""
+        return self.gen.sample(params["generator"], params.get("generator_stats", {}), z)
 
     def prior(self, key, n: int):
         """z ~ N(0, I), or U(-1, 1)^d with model.prior='uniform' (Kim & Bengio Sec. 3.2)."""

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax.data import toys as toy_names
-from ebm_jax.methods.base import GeneratorEnergyMethod, check_positive, make_optimizer
-from ebm_jax.models import NormalizedGeneratorMLP, build_energy
+from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import (NORMALIZED_GENERATOR_KINDS, NormalizedGeneratorMLP, build_energy, build_generator,
+                            is_normalized_generator)
 
 
 def batch_norm_entropy(generator_params) -> jax.Array:
@@ -52,9 +53,15 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         check_positive(config, "method.entropy_weight", allow_zero=True)
         mc = config.model
         self.energy_net = build_energy(mc.energy, self.data_shape)
-        self.generator_net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
-                                                    mc.generator.activation, True,
-                                                    output=mc.generator.get("output", "linear"))
+        if mc.generator.get("kind", "mlp") == "mlp":
+            net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
+                                         mc.generator.activation, True, output=mc.generator.get("output", "linear"))
+        else:  # batch-normalised image generators (DCGAN, ResNet, MEG's MNIST network)
+            net = build_generator(mc.generator, self.data_shape)
+            if not is_normalized_generator(net):
+                raise ConfigError(f"model.generator.kind {mc.generator.kind!r} has no batch norm, which Eq. 15's "
+                                  f"entropy needs; use 'mlp' or one of {list(NORMALIZED_GENERATOR_KINDS)}.")
+        self.gen = Generator(net)
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps)
         self.tx_generator = make_optimizer(config.optim, steps)
@@ -63,22 +70,14 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         k_e, k_g = jax.random.split(key)
         x = jnp.zeros((2,) + self.data_shape, jnp.float32)
         z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
-        g_vars = self.generator_net.init(k_g, z)
-        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_vars["params"]}
-        return {"params": params, "batch_stats": g_vars["batch_stats"],
+        g_params, g_stats = self.gen.init(k_g, z)
+        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_params}
+        return {"params": params, "batch_stats": g_stats,
                 "opt_state": {"energy": self.tx_energy.init(params["energy"]),
                               "generator": self.tx_generator.init(params["generator"])}}
 
-    def inference_params(self, state):
-        return {**state["params"], "generator_stats": state["batch_stats"]}
-
     def energy(self, params, x):
         return self.energy_net.apply({"params": params["energy"]}, x)
-
-    def generate(self, params, z):
-        """Sampling: batch norm with the running averages."""
-        variables = {"params": params["generator"], "batch_stats": params.get("generator_stats", {})}
-        return self.generator_net.apply(variables, z, mode="running")[0]
 
     def train_step(self, state, batch, key):
         params, opt = state["params"], state["opt_state"]
@@ -86,15 +85,8 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         k_e, k_g = jax.random.split(key)
         w = float(self.config.method.entropy_weight)
 
-        def generate_batch(gp, z, stats, mutable):
-            variables = {"params": gp, "batch_stats": stats}
-            if mutable:
-                (out, _), new = self.generator_net.apply(variables, z, mode="batch", mutable=["batch_stats"])
-                return out, new["batch_stats"]
-            return self.generator_net.apply(variables, z, mode="batch")[0], stats
-
-        x_neg = jax.lax.stop_gradient(generate_batch(params["generator"], self.prior(k_e, x.shape[0]),
-                                                     state["batch_stats"], False)[0])
+        x_neg = jax.lax.stop_gradient(self.gen.train_batch(params["generator"], state["batch_stats"],
+                                                           self.prior(k_e, x.shape[0]), False)[0])
 
         def e_loss_fn(ep):
             e_pos = self.energy({"energy": ep}, x)
@@ -108,7 +100,7 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         z = self.prior(k_g, x.shape[0])
 
         def g_loss_fn(gp):
-            x_gen, new_stats = generate_batch(gp, z, state["batch_stats"], True)
+            x_gen, _, new_stats = self.gen.train_batch(gp, state["batch_stats"], z, True)
             e_gen = self.energy({"energy": e_params}, x_gen)
             h = batch_norm_entropy(gp)
             return generator_loss(e_gen, h, w), (new_stats, {"energy_generated": jnp.mean(e_gen), "entropy": h})

@@ -34,10 +34,10 @@ import optax
 
 from ebm_jax.data import toys as toy_names
 from ebm_jax.estimators import singular_values as sv
-from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 # EBM-0GP's and WGAN-0GP's critic loss is MEG's L_E: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2
 from ebm_jax.methods.meg import energy_loss as zero_gp_energy_loss
-from ebm_jax.models import NormalizedGeneratorMLP, build_mlp
+from ebm_jax.models import NormalizedGeneratorMLP, build_energy, build_generator
 
 ENTROPY_ESTIMATORS = ("lobpcg", "exact")
 
@@ -86,11 +86,14 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             check_positive(config, "method.penalty_weight", allow_zero=True)
         check_positive(config, "method.anisotropy_samples", integer=True)
         mc = config.model
-        self.energy_net = build_mlp("energy", mc.energy.hidden, mc.energy.activation,
-                                    spectral_norm=mc.energy.spectral_norm)
-        self.generator_net = NormalizedGeneratorMLP(
-            tuple(int(h) for h in mc.generator.hidden), self.data_shape, mc.generator.activation,
-            bool(mc.generator.get("batch_norm", True)))
+        self.energy_net = build_energy(mc.energy, self.data_shape)
+        if mc.generator.get("kind", "mlp") == "mlp":
+            # Tables 6-7: Linear, PReLU, BN layers
+            net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
+                                         mc.generator.activation, bool(mc.generator.get("batch_norm", True)))
+        else:  # image generators (Table 8's DCGAN, Table 10's ResNet, ...)
+            net = build_generator(mc.generator, self.data_shape)
+        self.gen = Generator(net)
         self.batches_per_step = int(m.n_critic)
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
@@ -101,40 +104,19 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         k_e, k_g, k_v = jax.random.split(key, 3)
         x = jnp.zeros((2,) + self.data_shape, jnp.float32)
         z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
-        g_vars = self.generator_net.init(k_g, z)
-        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_vars["params"]}
+        g_params, g_stats = self.gen.init(k_g, z)
+        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_params}
         batch = int(self.config.data.batch_size)
         v0 = jax.random.normal(k_v, (batch,) + self.latent_shape)
         return {"params": params,
                 "opt_state": {"energy": self.tx_energy.init(params["energy"]),
                               "generator": self.tx_generator.init(params["generator"])},
-                "batch_stats": g_vars.get("batch_stats", {}),
+                "batch_stats": g_stats,
                 # warm start of LOBPCG: one unit vector per batch row, updated every iteration
                 "singular_vectors": v0 / jnp.linalg.norm(v0, axis=1, keepdims=True)}
 
-    def inference_params(self, state):
-        return {**state["params"], "generator_stats": state["batch_stats"]}
-
     def energy(self, params, x):
         return self.energy_net.apply({"params": params["energy"]}, x)
-
-    def generate(self, params, z):
-        """Sampling: batch norm with the running averages (evaluation mode)."""
-        variables = {"params": params["generator"], "batch_stats": params.get("generator_stats", {})}
-        return self.generator_net.apply(variables, z, mode="running")[0]
-
-    def _generate_batch(self, g_params, batch_stats, z, update_stats: bool):
-        variables = {"params": g_params, "batch_stats": batch_stats}
-        if update_stats:
-            (x, stats), new = self.generator_net.apply(variables, z, mode="batch", mutable=["batch_stats"])
-            return x, stats, new.get("batch_stats", batch_stats)
-        x, stats = self.generator_net.apply(variables, z, mode="batch")
-        return x, stats, batch_stats
-
-    def _sample_map(self, g_params, batch_stats, stats):
-        """z (d,) -> G(z) for one sample, batch statistics fixed: the map whose Jacobian is J_z."""
-        variables = {"params": g_params, "batch_stats": batch_stats}
-        return lambda zz: self.generator_net.apply(variables, zz[None], mode="given", stats=stats)[0][0]
 
     # ---- entropy pieces ----
     def _log_volume(self, fn, z, key, v0):
@@ -172,12 +154,12 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             x_real, k = inputs
             k_z, k_ub = jax.random.split(k)
             z = self.prior(k_z, b)
-            x_fake, stats, _ = self._generate_batch(g_params, batch_stats, z, update_stats=False)
+            x_fake, stats, _ = self.gen.train_batch(g_params, batch_stats, z, update_stats=False)
             x_fake = jax.lax.stop_gradient(x_fake)
             if self.use_upper_bound:
                 # The generator is fixed during the critic steps: the latent score w and the sample map
                 # do not depend on the energy, so they are computed once, outside its gradient.
-                fn = self._sample_map(g_params, batch_stats, jax.lax.stop_gradient(stats))
+                fn = self.gen.per_sample(g_params, batch_stats, jax.lax.stop_gradient(stats))
                 k_lob, k_probe = jax.random.split(k_ub)
                 w = jax.lax.stop_gradient(jax.vmap(lambda zz, kk, vv: self._latent_score(fn, zz, kk, vv))(
                     z, jax.random.split(k_lob, b), v_prev))
@@ -205,15 +187,15 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         z = self.prior(k_z, b)
 
         def gen_loss_fn(gp):
-            x, stats, new_stats = self._generate_batch(gp, batch_stats, z, update_stats=True)
+            x, stats, new_stats = self.gen.train_batch(gp, batch_stats, z, update_stats=True)
             e_gen = self.energy({"energy": e_params}, x)
             n_aniso = min(int(cfg.anisotropy_samples), b)
-            fn_fixed = self._sample_map(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
+            fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
             aux = {"energy_generated": jnp.mean(e_gen),
                    "anisotropy": jnp.mean(jax.vmap(lambda zz: sv.anisotropy_index(fn_fixed, zz))(z[:n_aniso]))}
             if not self.use_entropy:
                 return jnp.mean(e_gen), (new_stats, v_prev, aux)
-            fn = self._sample_map(gp, batch_stats, stats)
+            fn = self.gen.per_sample(gp, batch_stats, stats)
             log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
                 z, jax.random.split(k_lob, b), v_prev)
             aux["log_volume"] = jnp.mean(log_vol)

@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators
-from ebm_jax.methods.base import GeneratorEnergyMethod, check_positive, make_optimizer
-from ebm_jax.models import build_mlp
+from ebm_jax.methods.base import Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.models import build_energy, build_generator, build_statistics
 
 
 def energy_loss(energy_fn, x_real, x_fake, penalty_weight):
@@ -40,11 +40,9 @@ class MEG(GeneratorEnergyMethod):
         check_positive(config, "method.n_critic", integer=True)
         check_positive(config, "method.penalty_weight", allow_zero=True)
         m = config.model
-        self.energy_net = build_mlp("energy", m.energy.hidden, m.energy.activation,
-                                    spectral_norm=m.energy.spectral_norm)
-        self.generator_net = build_mlp("generator", m.generator.hidden, m.generator.activation,
-                                       out_shape=self.data_shape)
-        self.statistics_net = build_mlp("statistics", m.statistics.hidden, m.statistics.activation)
+        self.energy_net = build_energy(m.energy, self.data_shape)
+        self.gen = Generator(build_generator(m.generator, self.data_shape))
+        self.statistics_net = build_statistics(m.statistics, self.data_shape)
         self.batches_per_step = int(config.method.n_critic)
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
@@ -55,30 +53,30 @@ class MEG(GeneratorEnergyMethod):
         k_e, k_g, k_t = jax.random.split(key, 3)
         x = jnp.zeros((1,) + self.data_shape, jnp.float32)
         z = jnp.zeros((1,) + self.latent_shape, jnp.float32)
+        g_params, g_stats = self.gen.init(k_g, z)
         params = {
             "energy": self.energy_net.init(k_e, x)["params"],
-            "generator": self.generator_net.init(k_g, z)["params"],
+            "generator": g_params,
             "statistics": self.statistics_net.init(k_t, x, z)["params"],
         }
         opt_state = {k: (self.tx_energy if k == "energy" else self.tx).init(v) for k, v in params.items()}
-        return {"params": params, "opt_state": opt_state}
+        return {"params": params, "opt_state": opt_state, **self.gen.state_entries(g_stats)}
 
     def energy(self, params, x):
         return self.energy_net.apply({"params": params["energy"]}, x)
 
-    def generate(self, params, z):
-        return self.generator_net.apply({"params": params["generator"]}, z)
-
     def train_step(self, state, batch, key):
         """batch: (n_critic, B, *data_shape) real examples for this iteration."""
         params, opt_state = state["params"], state["opt_state"]
+        g_stats = state.get("batch_stats", {})
         batch_size = batch.shape[1]
         k_critic, k_z, k_shuffle = jax.random.split(key, 3)
 
         def critic_update(carry, inputs):
             e_params, e_opt = carry
             x_real, k = inputs
-            x_fake = self.generate(params, self.prior(k, batch_size))
+            # the generator in training mode (batch statistics), as the critic sees it in the reference
+            x_fake = self.gen.train_batch(params["generator"], g_stats, self.prior(k, batch_size), False)[0]
             grad_fn = jax.grad(lambda p: energy_loss(
                 lambda v: self.energy({"energy": p}, v), x_real, x_fake, self.penalty_weight), has_aux=True)
             grads, aux = grad_fn(e_params)
@@ -94,13 +92,14 @@ class MEG(GeneratorEnergyMethod):
 
         def gen_loss_fn(gt_params):
             g_params, t_params = gt_params
-            x_fake = self.generate({"generator": g_params}, z)
-            return generator_loss(
+            x_fake, _, new_stats = self.gen.train_batch(g_params, g_stats, z, True)
+            loss, aux = generator_loss(
                 lambda v: self.energy({"energy": e_params}, v),
                 lambda xx, zz: self.statistics_net.apply({"params": t_params}, xx, zz),
                 x_fake, z, z_shuffled)
+            return loss, (aux, new_stats)
 
-        (g_grads, t_grads), gen_metrics = jax.grad(gen_loss_fn, has_aux=True)(
+        (g_grads, t_grads), (gen_metrics, new_stats) = jax.grad(gen_loss_fn, has_aux=True)(
             (params["generator"], params["statistics"]))
         g_updates, g_opt = self.tx.update(g_grads, opt_state["generator"], params["generator"])
         t_updates, t_opt = self.tx.update(t_grads, opt_state["statistics"], params["statistics"])
@@ -117,4 +116,4 @@ class MEG(GeneratorEnergyMethod):
             "generator_loss": gen_metrics["energy_generated"] - gen_metrics["mutual_information"],
             **gen_metrics,
         }
-        return {"params": new_params, "opt_state": new_opt}, metrics
+        return {"params": new_params, "opt_state": new_opt, **self.gen.state_entries(new_stats)}, metrics

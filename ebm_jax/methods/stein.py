@@ -26,7 +26,7 @@ import optax
 from ebm_jax.data import toys as toy_names
 from ebm_jax import estimators
 from ebm_jax.estimators.stein import KERNELS
-from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import build_energy, build_generator, rbm_log_partition
 
 SAMPLERS = ("svgd", "langevin")
@@ -187,7 +187,7 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         if m.gamma >= 1 or m.gamma_fast >= 1:
             raise ConfigError(f"method.gamma={m.gamma} / gamma_fast={m.gamma_fast} must be below 1 (Sec. 5.2 uses 0.7 / 0.9).")
         self._build_energy(config)
-        self.generator_net = build_generator(config.model.generator, self.data_shape)
+        self.gen = Generator(build_generator(config.model.generator, self.data_shape))
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps)
         g_optim = ml_collections.ConfigDict(config.optim.to_dict())
@@ -198,13 +198,11 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         k_e, k_g = jax.random.split(key)
         x = jnp.zeros((2,) + self.data_shape, jnp.float32)
         z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
-        params = {"energy": self.energy_net.init(k_e, x)["params"],
-                  "generator": self.generator_net.init(k_g, z)["params"]}
+        g_params, g_stats = self.gen.init(k_g, z)
+        params = {"energy": self.energy_net.init(k_e, x)["params"], "generator": g_params}
         return {"params": params, "opt_state": {"energy": self.tx_energy.init(params["energy"]),
-                                                "generator": self.tx_generator.init(params["generator"])}}
-
-    def generate(self, params, z):
-        return self.generator_net.apply({"params": params["generator"]}, z)
+                                                "generator": self.tx_generator.init(params["generator"])},
+                **self.gen.state_entries(g_stats)}
 
     def train_step(self, state, batch, key):
         m = self.config.method
@@ -214,12 +212,13 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         z = self.prior(k_z, x.shape[0])
 
         # Steps 2-3: x- = G(xi); the generator follows phi* at its own samples (amortized SVGD, Eq. 21).
-        x_gen = self.generate(params, z)
+        g_stats = state.get("batch_stats", {})
+        x_gen, _, new_stats = self.gen.train_batch(params["generator"], g_stats, z, True)
         e_fixed = jax.lax.stop_gradient(params["energy"])
         score = -estimators.input_gradients(lambda v: self.energy({"energy": e_fixed}, v), x_gen)
         phi = estimators.svgd_direction(x_gen, score, **self._kernel_kwargs(e_fixed))
         g_loss, g_grads = jax.value_and_grad(
-            lambda gp: amortized_svgd_loss(self.generate({"generator": gp}, z), phi))(params["generator"])
+            lambda gp: amortized_svgd_loss(self.gen.train_batch(gp, g_stats, z, False)[0], phi))(params["generator"])
         g_updates, g_opt = self.tx_generator.update(g_grads, opt["generator"], params["generator"])
 
         # Step 4 with the mixture: SteinCD's negatives with probability alpha (Sec. 5.1).
@@ -243,7 +242,7 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])
         new_state = {"params": {"energy": optax.apply_updates(params["energy"], e_updates),
                                 "generator": optax.apply_updates(params["generator"], g_updates)},
-                     "opt_state": {"energy": e_opt, "generator": g_opt}}
+                     "opt_state": {"energy": e_opt, "generator": g_opt}, **self.gen.state_entries(new_stats)}
         metrics = {**aux, "energy_loss": e_loss, "generator_loss": g_loss,
                    "cd_negatives": use_cd.astype(jnp.float32),
                    "phi_norm": jnp.mean(jnp.sqrt(jnp.sum(phi.reshape(phi.shape[0], -1) ** 2, axis=1)))}

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from ebm_jax.data import toys as toy_names
-from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import build_generator
 from ebm_jax.models.latent import GaussianInference, LatentEnergy
 
@@ -88,7 +88,7 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         if mc.get("prior", "gaussian") != "gaussian":
             raise ConfigError("the divergence triangle's p(z) is N(0, I) (Sec. 3.1); set model.prior='gaussian'.")
         d = self.latent_shape[0]
-        self.generator_net = build_generator(mc.generator, self.data_shape)
+        self.gen = Generator(build_generator(mc.generator, self.data_shape))
         self.inference_net = GaussianInference(mc.inference.kind, tuple(mc.inference.hidden), d,
                                                mc.inference.activation, self.data_shape,
                                                int(mc.inference.get("channels", 32)))
@@ -104,10 +104,11 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         k_e, k_i, k_g = jax.random.split(key, 3)
         x = jnp.zeros((2,) + self.data_shape, jnp.float32)
         z = jnp.zeros((2,) + self.latent_shape, jnp.float32)
+        g_params, g_stats = self.gen.init(k_g, z)
         params = {"energy": self.energy_net.init(k_e, x, z)["params"],
-                  "inference": self.inference_net.init(k_i, x)["params"],
-                  "generator": self.generator_net.init(k_g, z)["params"]}
-        return {"params": params, "opt_state": {k: self.tx[k].init(v) for k, v in params.items()}}
+                  "inference": self.inference_net.init(k_i, x)["params"], "generator": g_params}
+        return {"params": params, "opt_state": {k: self.tx[k].init(v) for k, v in params.items()},
+                **self.gen.state_entries(g_stats)}
 
     # ---- the three networks ----
     def f(self, params, x, z):
@@ -120,9 +121,6 @@ class DivergenceTriangle(GeneratorEnergyMethod):
     def encode(self, params, x):
         """(mu(x), log V(x)) of q(z|x)."""
         return self.inference_net.apply({"params": params["inference"]}, x)
-
-    def generate(self, params, z):
-        return self.generator_net.apply({"params": params["generator"]}, z)
 
     def reconstruct(self, params, x):
         """g(mu(x)): the generator's mean at the inferred z (Sec. 5.2's reconstructions)."""
@@ -156,7 +154,9 @@ class DivergenceTriangle(GeneratorEnergyMethod):
             return mu + jnp.exp(0.5 * log_var) * noise, mu, log_var   # Eq. 18, re-parameterised
 
         z_inf, _, _ = infer(params["inference"])
-        x_syn = self.generate(params, z)
+        g_stats = state.get("batch_stats", {})
+        g_train = lambda gp, zz, update=False: self.gen.train_batch(gp, g_stats, zz, update)  # batch statistics
+        x_syn = g_train(params["generator"], z)[0]
         z_inf_fixed, x_syn_fixed = jax.lax.stop_gradient(z_inf), jax.lax.stop_gradient(x_syn)
 
         # Step 5: latent EBM, Eq. 19
@@ -174,7 +174,7 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         def i_loss_fn(ip):
             zt, mu, log_var = infer(ip)
             log_prior = -0.5 * jnp.sum(zt ** 2, axis=1) - 0.5 * zt.shape[1] * LOG_2PI
-            log_lik = gaussian_log_density(x, self.generate(params, zt), self.sigma)
+            log_lik = gaussian_log_density(x, g_train(params["generator"], zt)[0], self.sigma)
             log_q = diagonal_gaussian_log_density(zt, mu, log_var)
             loss = inference_loss(f_new(x, zt), log_prior, log_lik, log_q, cfg.inference_objective)
             return loss, {"posterior_log_var": jnp.mean(log_var)}
@@ -184,20 +184,22 @@ class DivergenceTriangle(GeneratorEnergyMethod):
 
         # Step 7: generator, Eq. 21, on the iteration's inference and synthesis samples
         def g_loss_fn(gp):
-            x_rec = self.generate({"generator": gp}, z_inf_fixed)
+            x_rec = g_train(gp, z_inf_fixed)[0]
             log_lik = gaussian_log_density(x, x_rec, self.sigma)
-            f_syn = f_new(self.generate({"generator": gp}, z), z)
-            return generator_loss(log_lik, f_syn), {"reconstruction_mse": jnp.mean((x - x_rec) ** 2),
-                                                    "energy_generated": -jnp.mean(f_syn)}
+            x_gen, _, new_stats = g_train(gp, z, True)
+            f_syn = f_new(x_gen, z)
+            return generator_loss(log_lik, f_syn), ({"reconstruction_mse": jnp.mean((x - x_rec) ** 2),
+                                                     "energy_generated": -jnp.mean(f_syn)}, new_stats)
 
-        (g_loss, g_aux), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params["generator"])
+        (g_loss, (g_aux, new_stats)), g_grads = jax.value_and_grad(g_loss_fn, has_aux=True)(params["generator"])
         g_updates, g_opt = self.tx["generator"].update(g_grads, opt["generator"], params["generator"])
 
         new_params = {"energy": e_params, "inference": optax.apply_updates(params["inference"], i_updates),
                       "generator": optax.apply_updates(params["generator"], g_updates)}
         metrics = {"energy_loss": e_loss, "inference_loss": i_loss, "generator_loss": g_loss,
                    **e_aux, **i_aux, **g_aux}
-        return {"params": new_params, "opt_state": {"energy": e_opt, "inference": i_opt, "generator": g_opt}}, metrics
+        return {"params": new_params, "opt_state": {"energy": e_opt, "inference": i_opt, "generator": g_opt},
+                **self.gen.state_entries(new_stats)}, metrics
 
 
 TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
