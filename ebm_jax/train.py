@@ -106,10 +106,11 @@ class Trainer:
 # Evaluation shared by training, --mode=eval and ebm_jax.load
 # ---------------------------------------------------------------------------------------------
 
-def evaluate_model(method, params, dataset, config, key):
+def evaluate_model(method, params, dataset, config, key, picture: bool = True):
     """Metrics dict and a PNG (2-D data: density and samples; images: a grid of samples).
 
-    params: method.inference_params(state)."""
+    params: method.inference_params(state). picture=False skips drawing the PNG (None instead): the
+    processes other than 0 of a multi-process run compute the metrics but write nothing."""
     energy_fn = jax.jit(lambda x: method.energy(params, x))
     n = int(config.eval.num_samples)
     k_gen, k_mcmc = jax.random.split(key)
@@ -145,7 +146,7 @@ def evaluate_model(method, params, dataset, config, key):
         metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
             lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
     png = None
-    if len(dataset.shape) == 3:
+    if len(dataset.shape) == 3 and picture:
         png = evaluation.image_grid_png(samples, f"{method.name} on {dataset.name}")
     if dataset.is_2d and dataset.extent:
         m, log_p = evaluation.evaluate_2d(energy_fn, dataset, config.eval, 1.0, samples)
@@ -153,7 +154,8 @@ def evaluate_model(method, params, dataset, config, key):
         title = f"{method.name} on {dataset.name}"
         if "kl_data_model" in m:
             title += f"  KL(data||model)={m['kl_data_model']:.3f}"
-        png = evaluation.plot_2d(dataset, log_p, samples, title)
+        if picture:
+            png = evaluation.plot_2d(dataset, log_p, samples, title)
     return metrics, png, samples
 
 
@@ -310,7 +312,8 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
         # host copies of the replicated parameters: every process evaluates on its own first device
         # (the held-out set split between the processes), not with arrays that span all processes
         params = jax.device_get(method.inference_params(state))
-        metrics, png, _ = evaluate_model(method, params, trainer.dataset, config, _eval_key(config, step_now))
+        metrics, png, _ = evaluate_model(method, params, trainer.dataset, config, _eval_key(config, step_now),
+                                         picture=jax.process_index() == 0)
         if jax.process_index() != 0:
             return metrics
         if writer is not None:
@@ -394,7 +397,7 @@ def evaluate(workdir: str, config=None, step: Optional[int] = None):
     model = api.load(workdir, step=step, config_overrides=config)
     dataset = get_dataset(model.config.data)
     metrics, png, _ = evaluate_model(model.method, model.params, dataset, model.config,
-                                     _eval_key(model.config, model.step))
+                                     _eval_key(model.config, model.step), picture=jax.process_index() == 0)
     if jax.process_index() != 0:  # a multi-process eval: every process computed the same metrics
         return metrics
     out = os.path.join(checkpointing.absolute(workdir), "eval")
