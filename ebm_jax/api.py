@@ -10,7 +10,6 @@
     mu, log_var = model.encode(x)                    # q(z|x), divergence triangle only
     x_rec = model.reconstruct(x)                     # g(mu(x)), divergence triangle only
 """
-import os
 from typing import Optional
 
 import jax
@@ -115,8 +114,8 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
     config_overrides: an optional ConfigDict whose `eval` and `sampling` sections replace the saved
     ones (the method, model and data sections always come from the checkpoint).
     """
-    workdir = os.path.abspath(workdir)
-    if not os.path.isdir(checkpointing.checkpoint_dir(workdir)):
+    workdir = checkpointing.absolute(workdir)
+    if not checkpointing.isdir(checkpointing.checkpoint_dir(workdir)):
         raise checkpointing.CheckpointError(
             f"{workdir} holds no checkpoints (no {checkpointing.checkpoint_dir(workdir)}); train first with "
             f"python -m ebm_jax.main --config=... --workdir={workdir}.")
@@ -143,7 +142,8 @@ def load(workdir: str, step: Optional[int] = None, config_overrides=None) -> Mod
 
         shapes = jax.eval_shape(lambda k: init_full_state(method, k), jax.random.PRNGKey(0))
         checkpointing.check_meta(meta, checkpointing.make_meta(method, shapes), workdir)
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        # this process's first device: in a multi-process run jax.devices()[0] may belong to another process
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device), shapes)
         state = checkpointing.restore_state(manager, step, abstract)
     finally:

@@ -20,8 +20,34 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not match the current config."""
 
 
+def is_url(path: str) -> bool:
+    """A path on an object store (gs://bucket/run): orbax and tensorboardX write there directly."""
+    return "://" in str(path)
+
+
+def absolute(path: str) -> str:
+    """An absolute local path, or a URL unchanged (os.path.abspath would mangle gs://)."""
+    return str(path) if is_url(path) else os.path.abspath(path)
+
+
+def makedirs(path: str) -> None:
+    if is_url(path):
+        from etils import epath  # orbax's own path library, which reads and writes gs:// too
+        epath.Path(path).mkdir(parents=True, exist_ok=True)
+    else:
+        os.makedirs(path, exist_ok=True)
+
+
+def isdir(path: str) -> bool:
+    if is_url(path):
+        from etils import epath
+        return epath.Path(path).is_dir()
+    return os.path.isdir(path)
+
+
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    workdir = absolute(workdir)
+    return f"{workdir.rstrip('/')}/checkpoints" if is_url(workdir) else os.path.join(workdir, "checkpoints")
 
 
 def make_manager(workdir: str, max_to_keep: int = 3, read_only: bool = False) -> ocp.CheckpointManager:
@@ -54,7 +80,7 @@ def save(manager: ocp.CheckpointManager, step: int, state, config, meta) -> None
 
 
 def _step_path(manager, step):
-    return os.path.join(str(manager.directory), str(step))
+    return f"{str(manager.directory).rstrip('/')}/{step}"
 
 
 def restore_json(manager: ocp.CheckpointManager, step: int) -> Dict[str, Any]:

@@ -4,24 +4,65 @@
   --mode=eval    metrics of the latest checkpoint -> DIR/eval/metrics_stepN.json (+ TensorBoard)
   --mode=sample  samples of the latest checkpoint -> DIR/samples/samples_stepN.{npz,png}
 Config fields are overridden with --config.section.field=value.
-"""
-import sys
 
+Several processes (a TPU pod, GPU hosts, or N processes on one machine; see launch/):
+  --distributed                          Cloud TPU / Slurm / Open MPI: JAX finds everything itself
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I   anywhere else
+"""
+import os
+import sys
+import traceback
+
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebm_jax import train
+from ebm_jax import parallel, train
 from ebm_jax.checkpointing import CheckpointError
 from ebm_jax.data import DataError
 from ebm_jax.methods.base import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/meg.py:swissroll.",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and pictures.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard events and pictures "
+                               "(a local path or a bucket, gs://...; shared by all processes).")
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval", "sample"], "What to do.")
 _STEP = flags.DEFINE_integer("step", None, "eval/sample: checkpoint step (default: the latest).")
 
-USER_ERRORS = (ConfigError, DataError, CheckpointError, train.NonFiniteLossError)
+_DISTRIBUTED = flags.DEFINE_boolean(
+    "distributed", False, "Run as one of several processes, calling jax.distributed.initialize() before any "
+    "device is used. Alone it suits Cloud TPU pods, Slurm and Open MPI, where JAX finds the coordinator, "
+    "process count and id itself; implied by any of the next three flags.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT where process 0 runs the coordinator; the same on every process "
+    f"(default ${parallel.ENV_COORDINATOR_ADDRESS}).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, f"How many processes take part (default ${parallel.ENV_NUM_PROCESSES}).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, f"This process's number, 0..num_processes-1 (default ${parallel.ENV_PROCESS_ID}).")
+_INIT_TIMEOUT = flags.DEFINE_float(
+    "initialization_timeout", 300.0, "Seconds to wait for every process to reach the coordinator before "
+    "stopping with an error.")
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout", 60, "Seconds after which a process that stopped answering counts as dead; every "
+    "other process then stops with an error (a process that crashes is usually noticed sooner).")
+
+# words in a runtime error that mean the other processes are out of reach (gloo, NCCL, gRPC barriers)
+_PEER_LOST = ("gloo", "nccl", "connection", "unavailable", "deadline_exceeded", "barrier", "heartbeat")
+
+USER_ERRORS = (ConfigError, DataError, CheckpointError, train.NonFiniteLossError, parallel.DistributedError)
+
+
+def _exit(code: int, multiprocess: bool):
+    """Exits with `code`. After an error in a multi-process run, without JAX's exit-time shutdown
+    barrier: the other processes may be inside a collective with this one and never reach it, so it
+    would hold this process for minutes; gone at once, the others stop within --heartbeat_timeout."""
+    if not multiprocess:
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.flush()
+    os._exit(code)
 
 
 def main(argv):
@@ -33,6 +74,15 @@ def main(argv):
     # results unless the user asks for more with --verbosity.
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+    try:
+        # before anything touches a device: JAX fixes the set of devices when its backend starts
+        multiprocess = parallel.initialize(
+            _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, enable=_DISTRIBUTED.value,
+            initialization_timeout=_INIT_TIMEOUT.value, heartbeat_timeout=_HEARTBEAT_TIMEOUT.value)
+    except parallel.DistributedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    who = f"process {jax.process_index()}: " if multiprocess else ""
     config = _CONFIG.value
     try:
         if _MODE.value == "train":
@@ -41,16 +91,36 @@ def main(argv):
             train.train_and_evaluate(config, _WORKDIR.value)
         elif _MODE.value == "eval":
             metrics = train.evaluate(_WORKDIR.value, config, _STEP.value)
-            print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+            if jax.process_index() == 0:  # the same metrics on every process: print them once
+                print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
         else:
-            print(train.sample(_WORKDIR.value, config, _STEP.value))
+            path = train.sample(_WORKDIR.value, config, _STEP.value)
+            if jax.process_index() == 0:
+                print(path)
     except train.TrainingInterrupted as e:
-        logging.warning(str(e))
+        # every process stopped at the same step and saved it together: a normal exit
+        logging.warning(f"{who}{e}")
         sys.exit(128 + int(e.signum))
     except USER_ERRORS as e:
         # One sentence naming what is wrong; the traceback adds nothing for a user error.
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        print(f"error: {who}{e}", file=sys.stderr)
+        _exit(2, multiprocess)
+    except app.UsageError:
+        raise
+    except Exception as e:  # pylint: disable=broad-except
+        if not multiprocess:
+            raise
+        kept = f"the last checkpoint in {_WORKDIR.value} is kept; start every process again to resume"
+        if isinstance(e, jax.errors.JaxRuntimeError) and any(sign in str(e).lower() for sign in _PEER_LOST):
+            # a collective or barrier failing mid-run: in practice a peer that died or hangs
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"error: {who}lost contact with another process of this run ({first_line[:300]}); {kept}.",
+                  file=sys.stderr)
+        else:
+            traceback.print_exc()
+            print(f"error: {who}stopped by {type(e).__name__}; the other processes stop within --heartbeat_timeout="
+                  f"{_HEARTBEAT_TIMEOUT.value} s; {kept}.", file=sys.stderr)
+        _exit(1, multiprocess)
 
 
 if __name__ == "__main__":

@@ -95,21 +95,22 @@ class Trainer:
         return {"step": state["step"] + ok.astype(jnp.int32), "bad_step": bad_step, **kept}, metrics
 
     def batch(self, step: int):
-        """The global batch of iteration `step`; this process contributes its even share of the rows."""
-        full = self.dataset.batch(step, self.batch_size, self.method.batches_per_step)
-        per_process = self.batch_size // jax.process_count()
-        p = jax.process_index()
-        return parallel.global_batch(full[:, p * per_process:(p + 1) * per_process], self.batch_sharding)
+        """The global batch of iteration `step`. Its examples are a function of (data seed, step) alone,
+        whatever the number of processes; each process reads only its even share of the rows."""
+        local = self.dataset.batch(step, self.batch_size, self.method.batches_per_step,
+                                   rows=parallel.process_rows(self.batch_size))
+        return parallel.global_batch(local, self.batch_sharding)
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluation shared by training, --mode=eval and ebm_jax.load
 # ---------------------------------------------------------------------------------------------
 
-def evaluate_model(method, params, dataset, config, key):
+def evaluate_model(method, params, dataset, config, key, picture: bool = True):
     """Metrics dict and a PNG (2-D data: density and samples; images: a grid of samples).
 
-    params: method.inference_params(state)."""
+    params: method.inference_params(state). picture=False skips drawing the PNG (None instead): the
+    processes other than 0 of a multi-process run compute the metrics but write nothing."""
     energy_fn = jax.jit(lambda x: method.energy(params, x))
     n = int(config.eval.num_samples)
     k_gen, k_mcmc = jax.random.split(key)
@@ -121,7 +122,9 @@ def evaluate_model(method, params, dataset, config, key):
         if len(dataset.shape) == 3:
             samples["test"] = held_out
         samples["reconstruction"] = np.asarray(jax.jit(method.reconstruct)(params, held_out))
-    test_energy = evaluation.toy2d.batched(energy_fn, dataset.test)
+    # the held-out set is split over the processes and the per-example energies gathered, so that
+    # every process reports the same metrics, computed over all of it
+    test_energy = parallel.map_rows(lambda x: evaluation.toy2d.batched(energy_fn, x), dataset.test)
     metrics: Dict[str, Any] = {"test_energy": float(np.mean(test_energy))}
     log_z = method.log_partition(params)
     if log_z is not None:
@@ -147,7 +150,7 @@ def evaluate_model(method, params, dataset, config, key):
         metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
             lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
     png = None
-    if len(dataset.shape) == 3:
+    if len(dataset.shape) == 3 and picture:
         png = evaluation.image_grid_png(samples, f"{method.name} on {dataset.name}")
     if dataset.is_2d and dataset.extent:
         m, log_p = evaluation.evaluate_2d(energy_fn, dataset, config.eval, 1.0, samples)
@@ -155,7 +158,8 @@ def evaluate_model(method, params, dataset, config, key):
         title = f"{method.name} on {dataset.name}"
         if "kl_data_model" in m:
             title += f"  KL(data||model)={m['kl_data_model']:.3f}"
-        png = evaluation.plot_2d(dataset, log_p, samples, title)
+        if picture:
+            png = evaluation.plot_2d(dataset, log_p, samples, title)
     return metrics, png, samples
 
 
@@ -179,8 +183,8 @@ def ood_evaluation(method, params, dataset, config):
     out = {}
     for kind in ("energy", "score_norm"):
         score = jax.jit(lambda x: method.anomaly_score(params, x, kind))
-        s_in = evaluation.toy2d.batched(score, dataset.test[:n], chunk=1000)
-        s_out = evaluation.toy2d.batched(score, ood[:n], chunk=1000)
+        s_in = parallel.map_rows(lambda x: evaluation.toy2d.batched(score, x, chunk=1000), dataset.test[:n])
+        s_out = parallel.map_rows(lambda x: evaluation.toy2d.batched(score, x, chunk=1000), ood[:n])
         out.update(evaluation.anomaly.ood_metrics(s_in, s_out, f"ood_{kind}"))
     return out
 
@@ -198,14 +202,20 @@ def write_json_atomic(path, obj):
 # ---------------------------------------------------------------------------------------------
 
 class _StopFlag:
-    """SIGTERM / SIGINT set a flag; the loop saves at the current step and exits."""
+    """SIGTERM / SIGINT set a flag; the loop saves at the current step and exits.
 
-    def __init__(self):
+    coordinated (a multi-process run): JAX's preemption sync manager owns SIGTERM. It tells every
+    process of a notice on any one of them, and they agree on one step to stop at (reached_preemption):
+    all processes must write the same step of one checkpoint together. A Ctrl-C here is forwarded to
+    this process as a SIGTERM so that it goes through the same agreement."""
+
+    def __init__(self, coordinated: bool = False):
         self.signum = None
+        self.coordinated = coordinated
         self._previous = {}
 
     def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in (signal.SIGINT,) if self.coordinated else (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread: leave signals alone
@@ -216,6 +226,8 @@ class _StopFlag:
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C aborts at once
         self.signum = signum
+        if self.coordinated:
+            os.kill(os.getpid(), signal.SIGTERM)
 
     def __exit__(self, *exc):
         for sig, handler in self._previous.items():
@@ -265,14 +277,19 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
     (the checkpoint of the current step is saved first).
     """
     trainer = Trainer(config, dataset)
-    workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
+    workdir = checkpointing.absolute(workdir)
+    checkpointing.makedirs(workdir)
     manager = checkpointing.make_manager(workdir, int(config.train.max_to_keep))
     method, num_steps = trainer.method, int(config.train.num_steps)
 
     state = trainer.init_state()
     current_meta = checkpointing.make_meta(method, jax.eval_shape(lambda: state))
     latest = manager.latest_step()
+    # Multi-process: every process counts steps with the preemption sync manager from the start (it
+    # reports the last step it was given when a SIGTERM arrives, and the agreed stop is one past the
+    # largest); give it the step we start from as early as possible.
+    coordinated = parallel.preemption_service_active()
+    preempted_at_start = coordinated and manager.reached_preemption(latest or 0)
     if latest is not None:
         saved = checkpointing.restore_json(manager, latest)
         checkpointing.check_meta(saved["meta"], current_meta, workdir)
@@ -296,8 +313,11 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
             last_saved = step_now
 
     def run_eval(step_now, final=False):
-        metrics, png, _ = evaluate_model(method, method.inference_params(state), trainer.dataset, config,
-                                         _eval_key(config, step_now))
+        # host copies of the replicated parameters: every process evaluates on its own first device
+        # (the held-out set split between the processes), not with arrays that span all processes
+        params = jax.device_get(method.inference_params(state))
+        metrics, png, _ = evaluate_model(method, params, trainer.dataset, config, _eval_key(config, step_now),
+                                         picture=jax.process_index() == 0)
         if jax.process_index() != 0:
             return metrics
         if writer is not None:
@@ -313,8 +333,16 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
                 evaluation.write_atomic(os.path.join(workdir, picture), png)
         return metrics
 
+    def stop_requested(step_now):
+        if coordinated:
+            return manager.reached_preemption(step_now)  # the same answer, at the same step, everywhere
+        return stop.signum is not None
+
     try:
-        with _StopFlag() as stop:
+        with _StopFlag(coordinated) as stop:
+            if preempted_at_start:  # a SIGTERM before the loop began: the sync point is the first step
+                save(start)
+                raise TrainingInterrupted(signal.SIGTERM, start)
             for step in range(start, end):
                 state, metrics = trainer.iteration(state, trainer.batch(step), trainer.base_key)
                 pending.append(metrics)
@@ -340,9 +368,9 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
                 if config.train.eval_every and done % config.train.eval_every == 0 and done != num_steps:
                     _check_finite(state, manager, workdir)
                     run_eval(done)
-                if stop.signum is not None:
+                if stop_requested(done):
                     save(done)
-                    raise TrainingInterrupted(stop.signum, done)
+                    raise TrainingInterrupted(stop.signum or signal.SIGTERM, done)
             if end < num_steps:  # stop_after: a planned early stop
                 save(int(jax.device_get(state["step"])))
                 return state
@@ -373,9 +401,11 @@ def evaluate(workdir: str, config=None, step: Optional[int] = None):
     model = api.load(workdir, step=step, config_overrides=config)
     dataset = get_dataset(model.config.data)
     metrics, png, _ = evaluate_model(model.method, model.params, dataset, model.config,
-                                     _eval_key(model.config, model.step))
-    out = os.path.join(os.path.abspath(workdir), "eval")
-    os.makedirs(out, exist_ok=True)
+                                     _eval_key(model.config, model.step), picture=jax.process_index() == 0)
+    if jax.process_index() != 0:  # a multi-process eval: every process computed the same metrics
+        return metrics
+    out = os.path.join(checkpointing.absolute(workdir), "eval")
+    checkpointing.makedirs(out)
     write_json_atomic(os.path.join(out, f"metrics_step{model.step}.json"), {"step": model.step, **metrics})
     if png is not None:
         evaluation.write_atomic(os.path.join(out, f"density_step{model.step}.png"), png)
@@ -395,9 +425,11 @@ def sample(workdir: str, config=None, step: Optional[int] = None):
     key = jax.random.fold_in(jax.random.PRNGKey(int(model.config.train.seed) + 2), model.step)
     x, rate = model.sample(key, int(s.num_samples), return_acceptance=True)
     x = np.asarray(x)
-    out = os.path.join(os.path.abspath(workdir), "samples")
-    os.makedirs(out, exist_ok=True)
+    out = os.path.join(checkpointing.absolute(workdir), "samples")
     base = os.path.join(out, f"samples_step{model.step}")
+    if jax.process_index() != 0:  # a multi-process run: process 0 writes the (identical) samples
+        return base + ".npz"
+    checkpointing.makedirs(out)
     buf = io.BytesIO()
     np.savez(buf, x=x, acceptance_rate=np.asarray(rate), step=np.asarray(model.step))
     evaluation.write_atomic(base + ".npz", buf.getvalue())

@@ -2,7 +2,7 @@
 # Start one training run on this machine (all local devices, data-parallel), resuming if WORKDIR holds
 # a checkpoint. Usage: launch/run_local.sh CONFIG WORKDIR [--config.field=value ...]
 #   launch/run_local.sh configs/meg.py:swissroll runs/meg_swissroll --config.train.num_steps=20000
-# Multi-host TPU pod and multi-GPU launchers come with multi-process support (see README).
+# Several processes: launch/run_multiprocess.sh (one machine), run_gpu.sh (GPU hosts), tpu_pod.sh (Cloud TPU).
 set -euo pipefail
 if [[ $# -lt 2 ]]; then
   echo "usage: $0 CONFIG WORKDIR [--config.field=value ...]" >&2

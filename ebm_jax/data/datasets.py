@@ -52,10 +52,11 @@ class Dataset:
             out[sel] = self._permutation(int(e))[offsets[sel]]
         return out
 
-    def batch(self, step: int, batch_size: int, num_batches: int = 1) -> np.ndarray:
-        """(num_batches, batch_size, *shape) training examples for iteration `step`."""
-        idx = self.indices(step, batch_size * num_batches)
-        return self.train[idx].reshape((num_batches, batch_size) + self.shape)
+    def batch(self, step: int, batch_size: int, num_batches: int = 1, rows: slice = slice(None)) -> np.ndarray:
+        """(num_batches, batch_size, *shape) training examples for iteration `step`; `rows` selects the
+        rows of each of the num_batches global batches that one process reads (its shard)."""
+        idx = self.indices(step, batch_size * num_batches).reshape(num_batches, batch_size)[:, rows]
+        return self.train[idx]
 
 
 def _load_array_file(path: str) -> np.ndarray:

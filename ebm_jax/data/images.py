@@ -15,9 +15,14 @@ _FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 
 def read_idx(path: str) -> np.ndarray:
     """Reads an idx file (optionally gzipped) into a numpy array of its stored shape."""
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    if "://" in path:  # a bucket (gs://...), read through orbax's path library
+        from etils import epath
+        raw = epath.Path(path).read_bytes()
+    else:
+        with open(path, "rb") as f:
+            raw = f.read()
+    if path.endswith(".gz"):
+        raw = gzip.decompress(raw)
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 8:
         raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
     nd = raw[3]
@@ -31,7 +36,11 @@ def read_idx(path: str) -> np.ndarray:
 def _find(data_dir: str, stem: str):
     for name in (stem + ".gz", stem):
         path = os.path.join(data_dir, name)
-        if os.path.exists(path):
+        if "://" in path:
+            from etils import epath
+            if epath.Path(path).exists():
+                return path
+        elif os.path.exists(path):
             return path
     return None
 

@@ -164,6 +164,10 @@ def png_to_array(png: bytes) -> np.ndarray:
 
 def write_atomic(path: str, data: bytes) -> None:
     """Writes via a temporary name and a rename, so a crash never leaves a half-written file."""
+    if "://" in str(path):  # an object store (gs://): an object appears whole or not at all
+        from etils import epath
+        epath.Path(path).write_bytes(data)
+        return
     tmp = f"{path}.tmp.{os.getpid()}"
     with open(tmp, "wb") as f:
         f.write(data)
