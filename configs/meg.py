@@ -1,7 +1,8 @@
 """MEG (Kumar et al. 2019) on 2-D toys.
 
 Usage: --config=configs/meg.py[:VARIANT], VARIANT = comma-separated tokens:
-  a dataset: 25gaussians (default), 8gaussians, swissroll, checkerboard;
+  a dataset: 25gaussians (default), another toy of ebm_jax/data/toys.py, or real data: mnist,
+             stacked_mnist, cifar10, celeba, kdd, mnist_anomaly (MEG's official settings, see below);
   'paper': the reference code's toy settings (3x512 networks, batch 256, lambda 0.1, latent 2,
            Adam(1e-4, 0.5, 0.9), 100k iterations); e.g. --config=configs/meg.py:swissroll,paper.
 
@@ -49,8 +50,19 @@ def get_config(variant: str = ""):
     config.train.eval_every = 5000
     config.train.checkpoint_every = 5000
 
-    tokens = common.parse_variant(variant, datasets=DATASETS, extras=("paper",))
+    tokens = common.parse_variant(variant, datasets=DATASETS + common.DATA_VARIANTS, extras=("paper",))
     config.data.name = tokens.get("dataset", "25gaussians")
+    if config.data.name in common.DATA_VARIANTS:
+        # MEG's official scripts/train/{ebm_mnist,ebm_cifar,ebm_celeba,anomaly_kdd,anomaly_mnist}.py:
+        # Adam(1e-4, 0.5, 0.9) constant; 5 critic steps and lambda 10 for generation, 1 critic step and
+        # lambda 100 for anomaly detection (whose decision function is the score norm, MEG Sec. 4.4)
+        common.apply_data_variant(config, config.data.name)
+        config.optim.lr = 1e-4
+        config.optim.schedule = "constant"
+        anomaly = config.data.name in ("kdd99", "mnist_anomaly")
+        config.method.n_critic = 1 if anomaly else 5
+        config.method.penalty_weight = 100.0 if anomaly else 10.0
+        return config
     if "paper" in tokens["extras"]:
         for net in ("energy", "generator", "statistics"):
             config.model[net].hidden = (512, 512, 512)

@@ -7,14 +7,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.method = ml_collections.ConfigDict({"name": ""})
 
     c.data = ml_collections.ConfigDict({
-        "name": "25gaussians",   # a toy name, see ebm_jax/data/toys.py
-        "path": "",              # a .npy/.npz file of shape (N, D); overrides name when set
-        "data_dir": "",          # folder of file-based datasets (mnist: the idx files); nothing is downloaded
+        # a toy (ebm_jax/data/toys.py), mnist, fashion_mnist, cifar10, celeb_a, stacked_mnist, mnist_anomaly
+        # or kdd99 (ebm_jax/data/sources.py)
+        "name": "25gaussians",
+        "path": "",              # .npy/.npz vectors (N, D) or images (N, H, W[, C]), or a folder of images
+        # the dataset's files: MNIST-format idx files, the KDD99 file, or a TFDS data_dir prepared in
+        # array_record format; nothing is downloaded
+        "data_dir": "",
         "seed": 0,               # data generation, train/test split and batch order
         "num_train": 100_000,    # toys: points generated for training (the MEG reference uses 100k)
         "num_test": 10_000,      # toys: held-out points for the NLL
         "test_fraction": 0.1,    # data.path: fraction held out
         "batch_size": 256,       # global batch, split over all devices
+        "num_stacks": 3,         # stacked_mnist: 3 or 4 MNIST digits as channels (MEG Sec. 4.2)
+        "anomaly_digit": 1,      # mnist_anomaly: the digit held out as the anomaly class (MEG Table 4)
+        "image_size": 64,        # data.path = a folder of images: their side after a centre crop
     })
 
     c.model = ml_collections.ConfigDict({
@@ -125,3 +132,55 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(variant)
+
+
+# ---------------------------------------------------------------------------------------------
+# Real-data variants shared by every method's config (:mnist, :stacked_mnist, :cifar10, :celeba, :kdd,
+# :mnist_anomaly). The common ground is MEG's official settings for each dataset (its
+# scripts/train/*.py: z 128, networks of width 512 / the DCGAN family, batch 64; KDD: z 32, batch 256,
+# 55 epochs); each method's make_config then applies its own paper's hyper-parameters on top.
+# ---------------------------------------------------------------------------------------------
+
+DATA_VARIANTS = ("mnist", "stacked_mnist", "cifar10", "celeba", "kdd", "mnist_anomaly")
+SHARED_DATA = "../shared/data"   # this project's copies; users elsewhere set data.data_dir
+CLASSIFIER_NPZ = SHARED_DATA + "/models/digit_recognizer_py_0.1.0_mnist_cnn.npz"
+
+_DATA = {
+    # token: (data.name, data_dir, network kind, latent, batch, iterations)
+    "mnist": ("mnist", SHARED_DATA + "/mnist", "meg_mnist", 128, 64, 100_000),
+    "stacked_mnist": ("stacked_mnist", SHARED_DATA + "/mnist", "meg_mnist", 128, 64, 100_000),
+    "cifar10": ("cifar10", "", "dcgan", 128, 64, 100_000),
+    "celeba": ("celeb_a", "", "dcgan", 128, 64, 100_000),
+    # 55 epochs of the 198,643 training rows (KDD) / 49,698 training images (MNIST minus a digit)
+    "kdd": ("kdd99", SHARED_DATA + "/kddcup99", "meg_kdd", 32, 256, 55 * 776),
+    "mnist_anomaly": ("mnist_anomaly", SHARED_DATA + "/mnist", "meg_mnist", 128, 64, 55 * 777),
+}
+
+
+def apply_data_variant(c: ml_collections.ConfigDict, token: str, roles=("energy", "generator", "statistics")) -> None:
+    """Points c.data at the dataset of `token` and gives the networks of `roles` that the config has
+    (model.energy / generator / statistics) that dataset's presets (ebm_jax.models.network_config)."""
+    from ebm_jax.models import network_config
+    name, data_dir, kind, latent, batch, steps = _DATA[token]
+    c.data.name = name
+    c.data.data_dir = data_dir
+    c.data.batch_size = batch
+    if token == "stacked_mnist":
+        c.data.num_stacks = 3
+        c.data.num_train = 128 * 10 ** 3      # MEG's fixed table of 128 x 10^S digit tuples
+    c.model.latent_dim = latent
+    for role in roles:
+        if role in c.model:
+            c.model[role] = network_config(role, kind)
+    c.train.num_steps = steps
+    c.train.log_every = 100
+    c.train.eval_every = 0
+    c.train.checkpoint_every = 5000
+    c.eval.mcmc = False                       # latent MALA on image models: an explicit --mode=sample
+    c.eval.num_samples = 64 if token != "kdd" else 1000
+    c.sampling.num_samples = 64
+    c.sampling.step_size = 1e-3
+    if token in ("mnist", "stacked_mnist"):
+        c.eval.classifier_path = CLASSIFIER_NPZ   # classifier_fd (MNIST), modes and KL (StackedMNIST)
+    if token == "stacked_mnist":
+        c.eval.num_metric_samples = 26_000        # the official code's 26 x 10^S samples

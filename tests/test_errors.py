@@ -101,7 +101,8 @@ def _write(tmp_path, name, arr=None, raw=None):
 @pytest.mark.parametrize("make,pattern", [
     (lambda t: str(t / "missing.npy"), r"does not exist; give a .npy or .npz file"),
     (lambda t: _write(t, "x.csv", raw=b"1,2\n3,4\n"), r"has extension '.csv'; valid extensions are '.npy' and '.npz'"),
-    (lambda t: _write(t, "x.npy", np.zeros((10, 2, 2))), r"holds an array of shape \(10, 2, 2\); valid is a 2-D array \(N, D\)"),
+    (lambda t: _write(t, "x.npy", np.zeros((10, 2, 2, 1, 1))),
+     r"holds an array of shape \(10, 2, 2, 1, 1\); valid are vectors \(N, D\) or images"),
     (lambda t: _write(t, "x.npy", np.array([[0.0, np.nan], [1.0, 2.0]])), r"contains NaN or infinite values"),
     (lambda t: _write(t, "x.npz", {"a": np.zeros((5, 2)), "b": np.zeros((5, 2))}), r"holds arrays \['a', 'b'\]; name the data array 'x'"),
     (lambda t: _write(t, "x.npy", raw=b"not a numpy file"), r"could not be read as a numpy array"),

@@ -11,6 +11,7 @@ import numpy as np
 
 IMAGE_DATASETS = ("mnist",)
 _FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
+_LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 
 
 def read_idx(path: str) -> np.ndarray:
@@ -45,11 +46,13 @@ def _find(data_dir: str, stem: str):
     return None
 
 
-def load_idx_split(data_dir: str, split: str, field: str = "data.data_dir"):
+def read_idx_split(data_dir: str, split: str, field: str = "data.data_dir", labels: bool = False) -> np.ndarray:
     """One split ('train' or 't10k'/'test') of an MNIST-format dataset (MNIST, Fashion-MNIST) in
-    `data_dir`, as (N, 28, 28, 1) float32 in [-1, 1]. `field` names the config field in errors."""
+    `data_dir` as stored: images (N, 28, 28) uint8, or with labels=True the labels (N,).
+    `field` names the config field in errors."""
     from ebm_jax.data.datasets import DataError
-    stem = _FILES["test" if split in ("test", "t10k") else split]
+    key = "test" if split in ("test", "t10k") else split
+    stem = (_LABEL_FILES if labels else _FILES)[key]
     path = _find(data_dir, stem) if data_dir else None
     if path is None:
         raise DataError(f"{field} {data_dir!r} has no {stem}.gz (or {stem}); it must be a folder holding the "
@@ -58,9 +61,20 @@ def load_idx_split(data_dir: str, split: str, field: str = "data.data_dir"):
         arr = read_idx(path)
     except (OSError, ValueError, EOFError) as e:
         raise DataError(f"idx file {path!r} could not be read ({e}); replace it with the original idx file.") from e
-    if arr.ndim != 3 or arr.shape[1:] != (28, 28):
+    if labels and arr.ndim != 1:
+        raise DataError(f"idx file {path!r} holds an array of shape {arr.shape}; a label file holds (N,).")
+    if not labels and (arr.ndim != 3 or arr.shape[1:] != (28, 28)):
         raise DataError(f"idx file {path!r} holds images of shape {arr.shape[1:]}; valid is (28, 28).")
-    return (arr.astype(np.float32) / 127.5 - 1.0)[..., None]
+    return arr
+
+
+def has_idx_files(data_dir: str) -> bool:
+    return bool(data_dir) and _find(data_dir, _FILES["train"]) is not None
+
+
+def load_idx_split(data_dir: str, split: str, field: str = "data.data_dir"):
+    """One split of an MNIST-format dataset as (N, 28, 28, 1) float32 in [-1, 1]."""
+    return (read_idx_split(data_dir, split, field).astype(np.float32) / 127.5 - 1.0)[..., None]
 
 
 def load_mnist(data_dir: str):

@@ -258,7 +258,8 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
 
     VARIANT = comma-separated tokens: a dataset (8gaussians default, 25gaussians, swissroll,
     checkerboard, or mnist: the idx files in data.data_dir, default ../shared/data/mnist, with the
-    Sec. 5.1 Gaussian-Bernoulli RBM of 10 hidden units, batch 100, Adam); for steincd also 'cd1' or
+    Sec. 5.1 Gaussian-Bernoulli RBM of 10 hidden units, batch 100, Adam; stacked_mnist, cifar10, celeba,
+    kdd, mnist_anomaly: Sec. 5.2's autoencoder energy and the dataset's generator); for steincd also 'cd1' or
     'cd10' (the CD-k baseline with Langevin dynamics) and 'score_matching' (Eq. 15).
 
     Toys: 3x128 LeakyReLU energy (and ReLU generator for SteinGAN), batch 256, Adam(1e-3, 0.5, 0.999),
@@ -307,7 +308,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     c.train.checkpoint_every = 5000
 
     extras = ("cd1", "cd10", "score_matching") if method_name in ("steincd", "cd") else ()
-    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",), extras=extras)
+    tokens = configlib.parse_variant(variant, datasets=TOYS + configlib.DATA_VARIANTS, extras=extras)
     c.data.name = tokens.get("dataset", "8gaussians")
     for token in ("cd1", "cd10"):
         if token in tokens["extras"]:
@@ -317,7 +318,27 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
             c.method.step_size = 0.01
     if "score_matching" in tokens["extras"]:
         c.method.update_rule = "score_matching"
-    if c.data.name == "mnist":
+    if c.data.name in configlib.DATA_VARIANTS and c.data.name != "mnist":
+        # Sec. 5.2's deep-autoencoder SteinGAN: E(x) = ||x - D(Enc(x))|| (Eq. 24; fully connected here),
+        # the dataset's DCGAN-family generator, xi ~ U(-1, 1)^100, the kernel on the code with
+        # h = 0.5 med / log m, gamma = 0.7 and the speed-up 0.9, lr 5e-4 (energy) / 1e-3 (generator)
+        token = c.data.name
+        configlib.apply_data_variant(c, token, roles=("generator",) if method_name == "steingan" else ())
+        hidden = (256, 128) if token == "kdd" else (1024, 512)
+        c.model.energy = ml_collections.ConfigDict({"kind": "autoencoder", "hidden": hidden, "code_dim": 100 if token != "kdd" else 16,
+                                                    "activation": "leaky_relu"})
+        c.method.kernel_features = True
+        c.method.bandwidth_scale = 0.5
+        c.method.step_size = 0.01
+        c.optim.lr = 5e-4
+        c.train.num_steps = 10_000 if token != "kdd" else c.train.num_steps
+        if method_name == "steingan":
+            c.model.latent_dim = 100
+            c.model.prior = "uniform"
+            c.method.gamma = 0.7
+            c.method.gamma_fast = 0.9
+            c.optim.generator_lr = 1e-3
+    elif c.data.name == "mnist":
         # Sec. 5.1: Gaussian-Bernoulli RBM with 10 hidden units (exact log Z), mini-batches of 100, Adam.
         c.data.data_dir = "../shared/data/mnist"
         c.data.batch_size = 100

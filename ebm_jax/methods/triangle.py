@@ -207,8 +207,10 @@ TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
 
 def make_config(variant: str = "") -> ml_collections.ConfigDict:
     """configs/triangle.py. VARIANT: a toy (25gaussians by default, any toy of ebm_jax/data/toys.py), or
-    mnist (the idx files in data.data_dir, default ../shared/data/mnist), plus 'conv' for MNIST to use
-    DCGAN-style networks (strided-convolution encoders, the deconvolutional generator) instead of MLPs.
+    mnist / mnist_anomaly (the idx files in data.data_dir, default ../shared/data/mnist), plus 'conv' for
+    MNIST to use DCGAN-style networks (strided-convolution encoders, the deconvolutional generator)
+    instead of MLPs; stacked_mnist, cifar10, celeba (convolutional networks with the dataset's
+    DCGAN-family generator) and kdd (MLPs, MEG's KDD generator).
 
     Not given in the paper, chosen here: the network widths, sigma of p(x|z) (0.05 on the toys, whose
     modes have a std of 0.018; 0.3 on MNIST in [-1, 1]), Adam(1e-4 for the EBM, 3e-4 for the others
@@ -238,9 +240,25 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
     c.train.eval_every = 0
     c.train.checkpoint_every = 5000
     c.eval.num_reconstruct = 10_000               # held-out examples for the reconstruction RMSE
-    tokens = configlib.parse_variant(variant, datasets=TOYS + ("mnist",), extras=("conv",))
+    tokens = configlib.parse_variant(variant, datasets=TOYS + configlib.DATA_VARIANTS, extras=("conv",))
     c.data.name = tokens.get("dataset", "25gaussians")
-    if c.data.name == "mnist":
+    token = c.data.name
+    if token in ("stacked_mnist", "cifar10", "celeba"):
+        # convolutional everywhere (Sec. 5: DCGAN generator, "mirror" encoders), the dataset's generator preset
+        configlib.apply_data_variant(c, token, roles=("generator",))
+        c.method.sigma = 0.3
+        c.model.inference.kind = "conv"
+        c.model.energy.kind = "conv"
+        c.model.energy.features = 128
+        c.model.energy.hidden = (256,)
+        c.data.batch_size = 100
+        c.train.num_steps = 20_000
+    elif token == "kdd":
+        configlib.apply_data_variant(c, token, roles=("generator",))
+        c.method.sigma = 0.1                      # the features are min-max scaled to [0, 1]
+        c.data.batch_size = 256
+    elif token in ("mnist", "mnist_anomaly"):
+        c.data.name = token
         c.data.data_dir = "../shared/data/mnist"
         c.method.sigma = 0.3
         c.model.latent_dim = 16
@@ -261,4 +279,7 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
             c.model.energy.kind = "conv"
     elif "conv" in tokens["extras"]:
         raise ValueError("config variant 'conv' needs image data; use it as mnist,conv.")
+    if token == "mnist_anomaly":
+        c.data.batch_size = 64
+        c.train.num_steps = 55 * 777          # 55 epochs, as MEG's anomaly runs
     return c
