@@ -15,7 +15,6 @@ Where the data come from (config.data):
 """
 import csv
 import gzip
-import io
 import os
 from typing import Callable, Optional, Sequence, Tuple
 

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from ebm_jax.errors import ConfigError
 from ebm_jax.models.batchnorm import BatchNormLayers
+from ebm_jax.models.conv import Conv, ConvTranspose
 from ebm_jax.models.latent import SpectralConv
 from ebm_jax.models.mlp import SpectralDense
 
@@ -52,7 +53,7 @@ def torch_conv(features: int, kernel: int, stride: int, pad: int, spectral_norm:
     padding = ((pad, pad), (pad, pad))
     if spectral_norm:
         return SpectralConv(features, (kernel, kernel), (stride, stride), padding)
-    return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, kernel_init=kernel_init)
+    return Conv(features, (kernel, kernel), strides=(stride, stride), padding=padding, kernel_init=kernel_init)
 
 
 def torch_conv_transpose(features: int, kernel: int, stride: int, pad: int, output_padding: int = 0,
@@ -60,8 +61,8 @@ def torch_conv_transpose(features: int, kernel: int, stride: int, pad: int, outp
     """torch.nn.ConvTranspose2d(cin, features, kernel, stride, pad, output_padding) in NHWC: output side
     (n - 1) * stride - 2 * pad + kernel + output_padding."""
     lo = kernel - 1 - pad
-    return nn.ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
-                            padding=((lo, lo + output_padding),) * 2, kernel_init=kernel_init)
+    return ConvTranspose(features, (kernel, kernel), strides=(stride, stride),
+                         padding=((lo, lo + output_padding),) * 2, kernel_init=kernel_init)
 
 
 def dcgan_num_halvings(height: int, width: int) -> int:

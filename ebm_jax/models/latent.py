@@ -8,10 +8,10 @@ with the vector z, and then get f(x, z) by a network defined on the concatenated
 from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from ebm_jax.errors import ConfigError
+from ebm_jax.models.conv import Conv, conv_general_dilated
 from ebm_jax.models.mlp import MLP, _activate, spectral_norm_estimate
 
 ENCODER_KINDS = ("mlp", "conv")
@@ -33,8 +33,7 @@ class SpectralConv(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
         w = kernel / spectral_norm_estimate(kernel)
         padding = self.padding if isinstance(self.padding, str) else tuple(tuple(p) for p in self.padding)
-        y = jax.lax.conv_general_dilated(x, w, tuple(self.strides), padding,
-                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = conv_general_dilated(x, w, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias
 
 
@@ -52,7 +51,7 @@ class ConvEncoder(nn.Module):
         def conv(features, k, s):
             if self.spectral_norm:
                 return SpectralConv(features, (k, k), (s, s))
-            return nn.Conv(features, (k, k), strides=(s, s), padding="SAME")
+            return Conv(features, (k, k), strides=(s, s), padding="SAME")
         h = nn.leaky_relu(conv(self.channels, 3, 1)(x), 0.2)
         for i in range(self.num_down):
             h = nn.leaky_relu(conv(self.channels * 2 ** (i + 1), 4, 2)(h), 0.2)
