@@ -136,7 +136,8 @@ def _mnist_format(name: str, data_dir: str, split: str, num_rows=None):
 
 def _image_dataset(name: str, data_config, seed) -> Dataset:
     data_dir = str(data_config.get("data_dir", "") or "")
-    num_test = int(data_config.num_test)
+    num_test = data_config.get("num_test", None)  # None: the whole test split
+    num_test = None if num_test is None else int(num_test)
     if name in ("mnist", "fashion_mnist"):
         return Dataset(name=name, train=_mnist_format(name, data_dir, "train"),
                        test=_mnist_format(name, data_dir, "test", num_test), seed=seed)
@@ -147,8 +148,8 @@ def _image_dataset(name: str, data_config, seed) -> Dataset:
         stacks = int(data_config.get("num_stacks", 3))
         if stacks not in (3, 4):
             raise DataError(f"data.num_stacks={stacks} is invalid; StackedMNIST has 3 or 4 stacks (MEG Sec. 4.2).")
-        train = sources.stacked_mnist(_mnist_format("mnist", data_dir, "train"), stacks, int(data_config.num_train), seed)
-        test = sources.stacked_mnist(_mnist_format("mnist", data_dir, "test"), stacks, num_test, seed + 1)
+        train = sources.stacked_mnist(_mnist_format("mnist", data_dir, "train"), stacks, int(data_config.get("num_train", 60000)), seed)
+        test = sources.stacked_mnist(_mnist_format("mnist", data_dir, "test"), stacks, num_test or 10000, seed + 1)
         return Dataset(name=f"stacked_mnist{stacks}", train=train, test=test, seed=seed)
     # mnist_anomaly: all 70,000 MNIST images (train + test files), one digit held out
     digit = int(data_config.get("anomaly_digit", 1))

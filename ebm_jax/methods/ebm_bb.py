@@ -179,8 +179,10 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
         keys = jax.random.split(k_critic, self.batches_per_step)
+        # unrolled: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic steps 2.7x slower
+        # (800 vs 300 ms per iteration with 5 critic steps); n_critic is small, so is the program
         (e_params, e_opt), critic_metrics = jax.lax.scan(
-            critic_update, (params["energy"], opt_state["energy"]), (batch, keys))
+            critic_update, (params["energy"], opt_state["energy"]), (batch, keys), unroll=True)
         last = jax.tree_util.tree_map(lambda a: a[-1], critic_metrics)
 
         k_z, k_lob = jax.random.split(k_gen)
