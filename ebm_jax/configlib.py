@@ -22,6 +22,9 @@ def base_config() -> ml_collections.ConfigDict:
         "num_stacks": 3,         # stacked_mnist: 3 or 4 MNIST digits as channels (MEG Sec. 4.2)
         "anomaly_digit": 1,      # mnist_anomaly: the digit held out as the anomaly class (MEG Table 4)
         "image_size": 64,        # data.path = a folder of images: their side after a centre crop
+        # kdd99 features: 'minmax' (scaled to [0, 1] by the training rows' range, what the official
+        # code meant) or 'none' (raw, what it did: its scaler's output is dropped; MEG's :kdd uses this)
+        "kdd_scaling": "minmax",
     })
 
     c.model = ml_collections.ConfigDict({

@@ -176,7 +176,10 @@ def get_dataset(data_config) -> Dataset:
     if name == "kdd99":
         data_dir = str(data_config.get("data_dir", "") or "")
         features, labels = sources.read_kdd99(data_dir)
-        train, test, test_labels = sources.kdd99_split(features, labels, seed)
+        scaling = str(data_config.get("kdd_scaling", "minmax"))
+        if scaling not in ("minmax", "none"):
+            raise DataError(f"data.kdd_scaling={scaling!r} is invalid; valid values are 'minmax' and 'none'.")
+        train, test, test_labels = sources.kdd99_split(features, labels, seed, scaling)
         return Dataset(name=name, train=train, test=test, seed=seed, test_labels=test_labels,
                        flagged_fraction=sources.KDD_TEST_ANOMALY_FRACTION)
     if name not in toys.TOYS:

@@ -248,12 +248,13 @@ def read_kdd99(data_dir: str):
     return np.concatenate(parts, axis=1), labels
 
 
-def kdd99_split(features: np.ndarray, labels: np.ndarray, seed: int):
+def kdd99_split(features: np.ndarray, labels: np.ndarray, seed: int, scaling: str = "minmax"):
     """MEG's KDD protocol (official data/kdd.py): a random half of all rows is the training half, of
     which only the non-anomalous rows are trained on; the test set is the other half's non-anomalous
     rows plus enough of its anomalies to make them 20% of the test set. Features are min-max scaled
     with the training rows' range (the official code meant to: it calls MinMaxScaler.transform but
-    drops the result, so its features stay unscaled). Returns (train, test, test labels)."""
+    drops the result, so its features stay unscaled: scaling='none' does the same). Returns (train, test,
+    test labels)."""
     rng = np.random.default_rng([seed, 99])
     order = rng.permutation(len(features))
     half = len(features) // 2
@@ -265,5 +266,7 @@ def kdd99_split(features: np.ndarray, labels: np.ndarray, seed: int):
     test_idx = rng.permutation(np.concatenate([inliers, outliers]))
     lo, hi = train.min(axis=0), train.max(axis=0)
     scale = np.where(hi > lo, hi - lo, 1.0)
+    if scaling == "none":
+        lo, scale = np.zeros_like(lo), np.ones_like(scale)
     prep = lambda x: ((x - lo) / scale).astype(np.float32)  # noqa: E731
     return prep(train), prep(features[test_idx]), labels[test_idx]
