@@ -21,7 +21,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 from ebm_jax import configlib, train  # noqa: E402
 
@@ -115,7 +114,7 @@ def main():
                  "(train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz).")
     results = [run(name, args.data_dir, args.steps, args.eval_every, args.seed, args.generator_channels,
                    args.generator_width) for name in args.runs]
-    print(f"\n| run | final test log-likelihood (nats) | best | seconds |\n| --- | --- | --- | --- |")
+    print("\n| run | final test log-likelihood (nats) | best | seconds |\n| --- | --- | --- | --- |")
     for r in results:
         print(f"| {r['run']} | {r['test_log_likelihood'][-1]:.2f} | {max(r['test_log_likelihood']):.2f} | {r['seconds']} |")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

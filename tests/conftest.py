@@ -8,6 +8,17 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared")
 sys.path.insert(0, REPO)
 
 
+def apply_overrides(config, overrides):
+    """Sets config fields from {'section.field': value} (the same paths as --config.section.field)."""
+    for path, value in overrides.items():
+        node = config
+        *parents, leaf = path.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
 def tiny_overrides():
     """Small networks and grids so that a run takes seconds on a 2-core CPU."""
     return {
@@ -21,13 +32,7 @@ def tiny_overrides():
 
 def tiny_config(variant="", **extra):
     from configs import meg
-    config = meg.get_config(variant)
-    for path, value in {**tiny_overrides(), **extra}.items():
-        node = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config = apply_overrides(meg.get_config(variant), {**tiny_overrides(), **extra})
     return config
 
 

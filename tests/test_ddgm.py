@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, train
 from ebm_jax.methods import ddgm, get_method
@@ -56,13 +56,7 @@ def tiny(variant="fourspin", **over):
     c.data.batch_size = 8
     c.optim.name = "sgd"
     c.optim.lr = 0.05
-    for path, value in over.items():
-        node = c
-        *parents, leaf = path.split(".")
-        for q in parents:
-            node = node[q]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, over)
 
 
 def test_losses_are_eqs_12_to_15_and_batch_stats_update():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import SHARED
+from conftest import SHARED, apply_overrides
 from ebm_jax import configlib, train
 from ebm_jax.methods import ebm_bb
 
@@ -100,21 +100,11 @@ TINY = {"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
         "eval.grid_size": 40, "eval.num_samples": 100, "sampling.mcmc_steps": 3}
 
 
-def apply(config, overrides):
-    for path, value in overrides.items():
-        node = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
-
-
 # the exact log-determinant path once (it is the same loop with another entropy function)
 @pytest.mark.parametrize("name,entropy", [("ebm_bb", "lobpcg"), ("ebm_0gp", "lobpcg"), ("wgan_0gp", "lobpcg"),
                                           ("ebm_bb", "exact")])
 def test_toy_config_trains_loads_and_samples(tmp_path, name, entropy):
-    config = apply(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":swissroll"),
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":swissroll"),
                    {**TINY, "method.entropy": entropy})
     state = train.train_and_evaluate(config, str(tmp_path))
     assert int(state["step"]) == 4
@@ -132,7 +122,7 @@ def test_toy_config_trains_loads_and_samples(tmp_path, name, entropy):
 
 
 def test_logged_metrics(tmp_path):
-    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_bb.py")), TINY)
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "ebm_bb.py")), TINY)
     trainer = train.Trainer(config)
     state = trainer.init_state()
     state, metrics = trainer.iteration(state, trainer.batch(0), trainer.base_key)
@@ -180,7 +170,7 @@ def test_mnist_configs_differ_in_the_loss_only():
 
 
 def test_mnist_config_few_steps(tmp_path, name="ebm_bb"):
-    config = apply(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":mnist"),
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":mnist"),
                    {"data.data_dir": MNIST_DIR, "train.num_steps": 2, "train.log_every": 1,
                     "train.checkpoint_every": 2, "train.progress_bar": False, "eval.num_samples": 16,
                     "sampling.mcmc_steps": 2, "method.lobpcg_iters": 2, "method.anisotropy_samples": 2})
@@ -196,9 +186,9 @@ def test_mnist_config_few_steps(tmp_path, name="ebm_bb"):
 
 def test_resume_with_other_batch_size_names_the_state_entry(tmp_path):
     from ebm_jax import checkpointing
-    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")), TINY)
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")), TINY)
     train.train_and_evaluate(config, str(tmp_path))
-    config = apply(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")),
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "ebm_0gp.py")),
                    {**TINY, "data.batch_size": 16, "train.num_steps": 8})
     with pytest.raises(checkpointing.CheckpointError,
                        match=r"state entry \['singular_vectors'\] has shape \[32, 2\], but the config builds \[16, 2\]"):

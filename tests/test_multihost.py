@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, tiny_overrides
+from conftest import REPO, apply_overrides, tiny_overrides
 from ebm_jax import configlib, parallel, train
 
 LAUNCH = os.path.join(REPO, "launch", "run_multiprocess.sh")
@@ -49,14 +49,7 @@ def as_flags(overrides):
 
 
 def as_config(config_path, overrides):
-    config = configlib.load_config(os.path.join(REPO, config_path))
-    for path, value in overrides.items():
-        node = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return apply_overrides(configlib.load_config(os.path.join(REPO, config_path)), overrides)
 
 
 @pytest.fixture(scope="module")

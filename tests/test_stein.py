@@ -1,14 +1,13 @@
 """Stein methods: SVGD against explicit loops, the RBM's exact log Z against numerical integration,
 each update against its equation on a small case, and short runs of every config."""
 import json
-import math
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, estimators, train
 from ebm_jax.methods import ConfigError, get_method
@@ -63,7 +62,6 @@ def test_svgd_direction_on_features_and_image_shapes():
     A = rng.normal(size=(2, 4)).astype(np.float32)
     x = rng.normal(size=(5, 2, 2)).astype(np.float32)       # particles with a non-flat shape
     score = rng.normal(size=(5, 2, 2)).astype(np.float32)
-    feat = lambda v: A @ v.reshape(-1)
     got = estimators.svgd_direction(jnp.asarray(x), jnp.asarray(score), bandwidth=1.3,
                                     features=lambda v: jnp.asarray(A) @ v.reshape(-1))
     want = numpy_svgd(x.reshape(5, 4), score.reshape(5, 4), 1.3, feat=lambda v: A @ v, feat_jac=lambda v: A)
@@ -160,13 +158,7 @@ def small_config(name, **overrides):
     c.optim.name = "sgd"
     c.optim.lr = 0.1
     c.data.batch_size = 6
-    for path, value in overrides.items():
-        node = c
-        *parents, leaf = path.split(".")
-        for q in parents:
-            node = node[q]
-        node[leaf] = value
-    return c
+    return apply_overrides(c, overrides)
 
 
 def rbm_grad_f(p, x):

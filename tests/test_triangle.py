@@ -12,22 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import REPO, SHARED
+from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, train
 from ebm_jax.methods import get_method, triangle
 
 LOG2PI = math.log(2 * math.pi)
-
-
-def apply(config, overrides):
-    for path, value in overrides.items():
-        node = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
 
 
 TINY = {"model.generator.hidden": (8,), "model.inference.hidden": (8,), "model.energy.encoder_hidden": (8,),
@@ -37,7 +27,7 @@ TINY = {"model.generator.hidden": (8,), "model.inference.hidden": (8,), "model.e
 
 
 def tiny(variant="", **extra):
-    return apply(triangle.make_config(variant), {**TINY, **extra})
+    return apply_overrides(triangle.make_config(variant), {**TINY, **extra})
 
 
 def np_gauss(x, mean, sigma):
@@ -187,7 +177,7 @@ def test_mnist_configs_few_steps_with_ood_evaluation(tmp_path, variant):
     Fashion-MNIST for the OOD metrics."""
     mnist = fake_mnist(str(tmp_path / "mnist"))
     ood = fake_mnist(str(tmp_path / "ood"), seed=1)
-    c = apply(triangle.make_config(variant), {
+    c = apply_overrides(triangle.make_config(variant), {
         "data.data_dir": mnist, "data.batch_size": 8, "train.num_steps": 2, "train.log_every": 1,
         "train.checkpoint_every": 2, "train.progress_bar": False, "eval.ood_data_dir": ood,
         "model.generator.width": 32, "model.generator.channels": 4, "model.generator.hidden": (32,),
@@ -218,7 +208,7 @@ MNIST_DIR = os.path.join(SHARED, "data", "mnist")
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
                     reason="../shared/data/mnist is not here (MNIST cannot be downloaded in tests)")
 def test_real_mnist_config_two_steps(tmp_path):
-    c = apply(configlib.load_config(os.path.join(REPO, "configs", "triangle.py") + ":mnist"),
+    c = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "triangle.py") + ":mnist"),
               {"data.data_dir": MNIST_DIR, "train.num_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,
                "train.progress_bar": False, "eval.num_reconstruct": 500})
     state = train.train_and_evaluate(c, str(tmp_path))
