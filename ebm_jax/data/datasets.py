@@ -148,7 +148,8 @@ def _image_dataset(name: str, data_config, seed) -> Dataset:
         stacks = int(data_config.get("num_stacks", 3))
         if stacks not in (3, 4):
             raise DataError(f"data.num_stacks={stacks} is invalid; StackedMNIST has 3 or 4 stacks (MEG Sec. 4.2).")
-        train = sources.stacked_mnist(_mnist_format("mnist", data_dir, "train"), stacks, int(data_config.get("num_train", 60000)), seed)
+        num_train = int(data_config.get("num_train", 60000))
+        train = sources.stacked_mnist(_mnist_format("mnist", data_dir, "train"), stacks, num_train, seed)
         test = sources.stacked_mnist(_mnist_format("mnist", data_dir, "test"), stacks, num_test or 10000, seed + 1)
         return Dataset(name=f"stacked_mnist{stacks}", train=train, test=test, seed=seed)
     # mnist_anomaly: all 70,000 MNIST images (train + test files), one digit held out
