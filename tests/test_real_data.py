@@ -208,7 +208,7 @@ def test_image_folder_and_image_arrays(tmp_path):
 # A few steps of every method's real-data config on small files
 # ---------------------------------------------------------------------------------------------
 
-METHODS = ("meg", "ebm_bb", "ebm_0gp", "wgan_0gp", "ddgm", "steingan", "triangle")
+METHODS = ("meg", "ebm_bb", "ebm_0gp", "wgan_0gp", "ddgm", "steincd", "steingan", "triangle")
 TINY_NETWORKS = {"width": 8, "hidden": (8,), "encoder_hidden": (8,), "features": 4, "channels": 2,
                  "num_experts": 3, "code_dim": 4, "head_hidden": ()}
 
