@@ -128,7 +128,7 @@ def _from_path(data_config, seed) -> Dataset:
 
 def _mnist_format(name: str, data_dir: str, split: str, num_rows=None):
     """MNIST / Fashion-MNIST from idx files when data_dir holds them, else from TFDS."""
-    if images.has_idx_files(data_dir) or (split == "test" and data_dir and images._find(data_dir, images._FILES["test"])):
+    if images.has_idx_files(data_dir) or (split == "test" and images.has_idx_files(data_dir, "test")):
         arr = images.read_idx_split(data_dir, split)[..., None]
         return sources.in_memory(arr if num_rows is None else arr[:num_rows])
     return sources.tfds_split(name, split, data_dir, num_rows)

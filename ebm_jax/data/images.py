@@ -9,7 +9,6 @@ import os
 
 import numpy as np
 
-IMAGE_DATASETS = ("mnist",)
 _FILES = {"train": "train-images-idx3-ubyte", "test": "t10k-images-idx3-ubyte"}
 _LABEL_FILES = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
 
@@ -68,19 +67,12 @@ def read_idx_split(data_dir: str, split: str, field: str = "data.data_dir", labe
     return arr
 
 
-def has_idx_files(data_dir: str) -> bool:
-    return bool(data_dir) and _find(data_dir, _FILES["train"]) is not None
+def has_idx_files(data_dir: str, split: str = "train") -> bool:
+    """Whether data_dir holds the images file of `split` ('train' or 'test')."""
+    return bool(data_dir) and _find(data_dir, _FILES[split]) is not None
 
 
 def load_idx_split(data_dir: str, split: str, field: str = "data.data_dir"):
     """One split of an MNIST-format dataset as (N, 28, 28, 1) float32 in [-1, 1]."""
-    return (read_idx_split(data_dir, split, field).astype(np.float32) / 127.5 - 1.0)[..., None]
-
-
-def load_mnist(data_dir: str):
-    """(train, test) MNIST images in [-1, 1], shape (N, 28, 28, 1)."""
-    from ebm_jax.data.datasets import DataError
-    if not data_dir:
-        raise DataError("data.name='mnist' needs data.data_dir, a folder with the MNIST idx files "
-                        "(train-images-idx3-ubyte.gz, t10k-images-idx3-ubyte.gz); nothing is downloaded.")
-    return load_idx_split(data_dir, "train"), load_idx_split(data_dir, "test")
+    from ebm_jax.data.sources import to_unit_range
+    return to_unit_range(read_idx_split(data_dir, split, field))[..., None]

@@ -167,18 +167,11 @@ def accuracy(params, images, labels, batch: int = 1000) -> float:
     return float(np.mean(pred == np.asarray(labels).ravel()))
 
 
-def load_labels(data_dir: str, split: str) -> np.ndarray:
-    """The labels of one split ('train' or 'test') of an MNIST-format folder as int32 (N,)."""
-    from ebm_jax.data.images import read_idx
-    stem = "train-labels-idx1-ubyte" if split == "train" else "t10k-labels-idx1-ubyte"
-    for name in (stem + ".gz", stem):
-        path = os.path.join(data_dir, name)
-        if os.path.exists(path):
-            labels = read_idx(path)
-            if labels.ndim != 1:
-                raise ValueError(f"label file {path!r} holds an array of shape {labels.shape}; valid is (N,).")
-            return labels.astype(np.int32)
-    raise FileNotFoundError(f"{data_dir!r} has no {stem}.gz (or {stem}); it must hold the MNIST idx label files.")
+def load_labels(data_dir: str, split: str, field: str = "data.data_dir") -> np.ndarray:
+    """The labels of one split ('train' or 'test') of an MNIST-format folder as int32 (N,); a missing or
+    malformed file is a DataError naming it."""
+    from ebm_jax.data.images import read_idx_split
+    return read_idx_split(data_dir, split, field, labels=True).astype(np.int32)
 
 
 __all__: Sequence[str] = ("MnistClassifier", "load_classifier", "save_classifier", "classifier_logits",

@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     try:
         train_x = load_idx_split(args.data_dir, "train", field="--data_dir")
         test_x = load_idx_split(args.data_dir, "test", field="--data_dir")
-        train_y = classifier.load_labels(args.data_dir, "train")
-        test_y = classifier.load_labels(args.data_dir, "test")
+        train_y = classifier.load_labels(args.data_dir, "train", field="--data_dir")
+        test_y = classifier.load_labels(args.data_dir, "test", field="--data_dir")
     except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
