@@ -12,7 +12,12 @@ warm-up call, block_until_ready, median of at least --repeats calls, more for fa
   s_1 comes from `smallest_singular_value` with num_iters=k (cold start) -- i.e. the k LOBPCG
   iterations plus the differentiable surrogate ||J v|| and its gradient;
 * exact (toy only): value and parameter-gradient of mean_z 1/2 log det(J^T J) with the explicit
-  Jacobian (`log_det_jacobian`, the `entropy="exact"` path).
+  Jacobian (`log_det_jacobian`, the `entropy="exact"` path);
+* floor k: what k iterations cannot go below, one jvp + one vjp each: the differentiable surrogate
+  ||J v|| with its parameter gradient (k = 0) plus k products J^T (J v) on the once-linearised
+  generator, the marginal cost of one product measured as (t(linearise + 21 products) -
+  t(linearise + 1 product)) / 20. LOBPCG as implemented applies J^T J to two vectors per iteration
+  (batched) plus small dense work, so "x floor" shows what that costs over the minimum.
 
 Generators (d -> D, batch): toy 2-100-100-2 with leaky-ReLU (PReLU-like, slope 0.25) hidden
 layers, batch 200; MNIST-size 128-500-1000-2000-784 with leaky-ReLU hidden layers and a tanh
@@ -83,6 +88,22 @@ def bench_case(name, cfg, iters, repeats):
     t_base = timeit(baseline, (params, z), repeats)
     rows = [dict(case=name, method="fwd+bwd (baseline)", num_iters=None, seconds=t_base, ratio=1.0)]
 
+    # the floor: the surrogate ||J v|| (value + parameter gradient) and the marginal J^T J v product
+    v_unit = z / jnp.linalg.norm(z, axis=1, keepdims=True)
+    surrogate = jax.jit(jax.value_and_grad(lambda p, z, v: jnp.mean(d * jnp.log(jax.vmap(
+        lambda zi, vi: jnp.linalg.norm(jax.jvp(lambda x: g(p, x), (zi,), (vi,))[1]))(z, v)))))
+    t_surrogate = timeit(surrogate, (params, z, v_unit), repeats)
+
+    def products(n):
+        def one(p, zi, vi):
+            _, lin = jax.linearize(lambda x: g(p, x), zi)
+            lin_t = jax.linear_transpose(lin, zi)
+            return jax.lax.fori_loop(0, n, lambda _, u: lin_t(lin(u))[0] / (jnp.linalg.norm(u) + 1.0), vi)
+        return jax.jit(lambda p, z, v: jax.vmap(lambda zi, vi: one(p, zi, vi))(z, v))
+    t_product = max((timeit(products(21), (params, z, v_unit), repeats)
+                     - timeit(products(1), (params, z, v_unit), repeats)) / 20, 0.0)
+    floor = {k: t_surrogate + k * t_product for k in iters}
+
     for k in iters:
         def entropy_term(p, z, keys, k=k):
             s_min, v = jax.vmap(lambda zi, ki: smallest_singular_value(
@@ -91,7 +112,8 @@ def bench_case(name, cfg, iters, repeats):
         est = jax.jit(jax.value_and_grad(entropy_term, has_aux=True))
         t = timeit(est, (params, z, keys), repeats)
         rows.append(dict(case=name, method="lobpcg s_min + grad", num_iters=k, seconds=t,
-                         ratio=t / t_base))
+                         ratio=t / t_base, floor_seconds=floor[k], floor_ratio=floor[k] / t_base,
+                         x_floor=t / floor[k]))
 
     if d <= 16:  # the explicit Jacobian is only sensible for small latent dimension
         exact = jax.jit(jax.value_and_grad(lambda p, z: jnp.mean(
@@ -118,10 +140,13 @@ def main():
         rows += bench_case(name, cfg, iters, args.repeats)
 
     print(f"backend: {jax.default_backend()}  ({jax.devices()[0].device_kind}), median of >= {args.repeats} calls")
-    print(f"{'case':<6} {'method':<22} {'iters':>5} {'ms':>10} {'x fwd+bwd':>10}")
+    print(f"{'case':<6} {'method':<22} {'iters':>5} {'ms':>10} {'x fwd+bwd':>10} {'floor ms':>10} "
+          f"{'floor x fwd+bwd':>16} {'x floor':>8}")
     for r in rows:
         it = "" if r["num_iters"] is None else str(r["num_iters"])
-        print(f"{r['case']:<6} {r['method']:<22} {it:>5} {1e3 * r['seconds']:>10.2f} {r['ratio']:>10.2f}")
+        fl = (f"{1e3 * r['floor_seconds']:>10.2f} {r['floor_ratio']:>16.2f} {r['x_floor']:>8.2f}"
+              if "floor_seconds" in r else f"{'':>10} {'':>16} {'':>8}")
+        print(f"{r['case']:<6} {r['method']:<22} {it:>5} {1e3 * r['seconds']:>10.2f} {r['ratio']:>10.2f} {fl}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(backend=jax.default_backend(), repeats=args.repeats, rows=rows), f, indent=2)

@@ -29,6 +29,9 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict({
         "latent_dim": 2,
+        # what the image networks (kinds dcgan, resnet, meg_mnist, conv) compute in: 'auto' = bfloat16 on
+        # GPU / TPU and float32 on CPU, or 'float32' / 'bfloat16'; parameters stay float32 (models.precision)
+        "compute_dtype": "auto",
         "energy": {"hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False},
         "generator": {"hidden": (128, 128, 128), "activation": "relu"},
         "statistics": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
@@ -45,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
         "checkpoint_every": 1000,
         "max_to_keep": 3,
         "progress_bar": True,
+        # iterations per compiled call (a lax.scan over their batches): the toys' tiny iterations are
+        # otherwise dominated by Python dispatch (EBM-0GP's toy: 1.6 ms per iteration with 1, 1.0 ms
+        # with 10); the same numbers as 1 (tested). The log, checkpoint and eval periods should be
+        # multiples of it (else single steps fill the gaps). Real-data variants set 1: their iterations
+        # are long, and a second, single-step program would double their compile time.
+        "steps_per_call": 10,
     })
 
     c.eval = ml_collections.ConfigDict({
@@ -104,6 +113,8 @@ def validate(config) -> None:
         if section not in config:
             raise ConfigError(f"config has no '{section}' section; every config needs method, data, model, "
                               "optim, train, eval and sampling (see ebm_jax/configlib.py).")
+    if "steps_per_call" in config.train:
+        check_positive(config, "train.steps_per_call", integer=True)
     for path in ("data.batch_size", "data.num_train", "data.num_test", "train.log_every",
                  "train.checkpoint_every", "train.max_to_keep", "eval.grid_size", "eval.num_samples",
                  "sampling.num_samples", "model.latent_dim"):
@@ -114,6 +125,7 @@ def validate(config) -> None:
         check_positive(config, path)
     if config.model.get("prior", "gaussian") not in PRIORS:
         raise ConfigError(f"config.model.prior={config.model.prior!r} is invalid; valid priors are {list(PRIORS)}.")
+    _check_compute_dtype(config, ConfigError)
     if config.sampling.space not in SPACES:
         raise ConfigError(f"config.sampling.space={config.sampling.space!r} is invalid; valid spaces are {list(SPACES)}.")
     # image-metric fields (a missing classifier file, a bad 'module:function'): fail before training
@@ -122,6 +134,20 @@ def validate(config) -> None:
     tf = config.data.test_fraction
     if not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
         raise ConfigError(f"config.data.test_fraction={tf!r} is invalid; it must be in [0, 1).")
+
+
+def _check_compute_dtype(config, error) -> None:
+    """model.compute_dtype must be valid, and 'bfloat16' must have an image network to act on."""
+    from ebm_jax.models.precision import COMPUTE_DTYPES, IMAGE_KINDS
+    value = config.model.get("compute_dtype", "auto")
+    if value not in COMPUTE_DTYPES:
+        raise error(f"config.model.compute_dtype={value!r} is invalid; valid values are {list(COMPUTE_DTYPES)}.")
+    kinds = [config.model[r].get("kind", "mlp") for r in ("energy", "generator", "statistics", "inference")
+             if r in config.model and isinstance(config.model[r], ml_collections.ConfigDict)]
+    if value == "bfloat16" and not any(k in IMAGE_KINDS + ("conv",) for k in kinds):
+        raise error(f"config.model.compute_dtype='bfloat16' acts on image networks (kinds {list(IMAGE_KINDS)}, and "
+                    f"the triangle's 'conv'), and this model has none (kinds {kinds}); its MLPs compute in float32, "
+                    "so use 'auto' or 'float32'.")
 
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -176,6 +202,7 @@ def apply_data_variant(c: ml_collections.ConfigDict, token: str, roles=("energy"
         if role in c.model:
             c.model[role] = network_config(role, kind)
     c.train.num_steps = steps
+    c.train.steps_per_call = 1
     c.train.log_every = 100
     c.train.eval_every = 0
     c.train.checkpoint_every = 5000

@@ -195,6 +195,30 @@ def test_resume_with_other_batch_size_names_the_state_entry(tmp_path):
         train.train_and_evaluate(config, str(tmp_path))
 
 
+@pytest.mark.parametrize("shape", [(2, 100), (100, 2), (2, 2), (3, 2), (100, 1), (1, 7), (1, 1)])
+def test_spectral_norm_is_exact_for_a_side_of_one_or_two(shape):
+    """Kernels with a side <= 2 get sigma in closed form: numpy's exact value on a plain Gaussian matrix
+    (the power iteration's slow case), and the gradient u v^T of a simple singular value."""
+    from ebm_jax.models.mlp import spectral_norm_estimate
+    w = np.random.default_rng(sum(shape)).normal(size=shape)
+    u, sv, vt = np.linalg.svd(w)
+    wj = jnp.asarray(w, jnp.float32)
+    np.testing.assert_allclose(float(spectral_norm_estimate(wj)), sv[0], rtol=2e-6)
+    np.testing.assert_allclose(np.asarray(jax.grad(spectral_norm_estimate)(wj)), np.outer(u[:, 0], vt[0]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_spectral_norm_closed_form_degenerate_kernels():
+    """A zero kernel, and a 2x2 kernel with two equal singular values (any vector is a top one): the
+    value is exact and the gradient finite."""
+    from ebm_jax.models.mlp import spectral_norm_estimate
+    rot = np.array([[np.cos(0.3), -np.sin(0.3)], [np.sin(0.3), np.cos(0.3)]])
+    for w, sigma in [(np.zeros((2, 5)), 0.0), (2.5 * rot, 2.5), (np.zeros((4, 1)), 0.0)]:
+        wj = jnp.asarray(w, jnp.float32)
+        assert float(spectral_norm_estimate(wj)) == pytest.approx(sigma, abs=1e-6)
+        assert np.all(np.isfinite(np.asarray(jax.grad(spectral_norm_estimate)(wj))))
+
+
 def test_spectral_norm_estimate_against_numpy_svd():
     """The power-iteration sigma of models.spectral_norm_estimate against numpy's exact largest singular
     value, and the normalised layer's kernel has spectral norm ~1 (the reference toy energy's SN)."""

@@ -10,7 +10,7 @@ import pytest
 
 from ebm_jax.estimators import (input_gradients, jsd_mutual_information, langevin_chain, latent_log_prob,
                                 mala_chain, mala_log_proposal, mala_step, shuffle_per_dimension,
-                                zero_centered_gradient_penalty)
+                                zero_centered_gradient_penalty, energy_and_gradient_penalty)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,3 +344,31 @@ def test_input_gradients_match_finite_differences_nonlinear():
             fd[:, k] = (np.asarray(energy(jnp.asarray(x + e))) - np.asarray(energy(jnp.asarray(x - e)))) / (2 * eps)
     np.testing.assert_allclose(grads, fd, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(pen, np.mean(np.sum(fd ** 2, axis=1)), rtol=1e-6)
+
+
+def test_energy_and_gradient_penalty_in_one_pass_matches_the_two_pass_form():
+    """(E, penalty) from one vjp equal E(x) and the penalty computed apart, and so do their parameter
+    gradients (the critic loss differentiates through the penalty: a second-order term)."""
+    rng = np.random.default_rng(8)
+    w1, w2 = rng.normal(size=(3, 8)), rng.normal(size=(8,))
+    x = rng.normal(size=(5, 3))
+
+    def energy(p, v):
+        return jnp.tanh(v @ p["w1"]) @ p["w2"] + 0.1 * jnp.sum(v ** 2, axis=1)
+
+    with jax.enable_x64(True):
+        p = {"w1": jnp.asarray(w1), "w2": jnp.asarray(w2)}
+        xv = jnp.asarray(x)
+        e, pen = energy_and_gradient_penalty(lambda v: energy(p, v), xv)
+        np.testing.assert_allclose(np.asarray(e), np.asarray(energy(p, xv)), rtol=1e-12)
+        np.testing.assert_allclose(float(pen), float(zero_centered_gradient_penalty(lambda v: energy(p, v), xv)), rtol=1e-12)
+
+        def one(q):
+            e, pen = energy_and_gradient_penalty(lambda v: energy(q, v), xv)
+            return jnp.mean(e) + 3.0 * pen
+
+        def two(q):
+            return jnp.mean(energy(q, xv)) + 3.0 * zero_centered_gradient_penalty(lambda v: energy(q, v), xv)
+        g1, g2 = jax.grad(one)(p), jax.grad(two)(p)
+    for k in p:
+        np.testing.assert_allclose(np.asarray(g1[k]), np.asarray(g2[k]), rtol=1e-10)

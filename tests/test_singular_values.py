@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from ebm_jax.estimators.singular_values import (
+    anisotropy_from_jacobian,
     anisotropy_index,
     hutchinson_squared_norm,
     log_det_jacobian,
@@ -248,7 +249,7 @@ def mlp_log_det(params, z, act="softplus"):
     return log_det_jacobian(lambda x: mlp(params, x, act), z)
 
 
-@pytest.mark.parametrize("d,D", [(2, 2), (3, 7), (8, 64)])
+@pytest.mark.parametrize("d,D", [(1, 5), (2, 2), (2, 9), (3, 7), (8, 64)])
 def test_log_det_jacobian(d, D):
     params = init_mlp(20 + d, [d, 32, D])
     z = normal(21, (d,))
@@ -263,10 +264,25 @@ def test_log_det_jacobian(d, D):
         assert got > d * np.log(s_min) + 1e-3
 
 
-def test_log_det_jacobian_gradient_x64():
+def test_log_det_of_nearly_parallel_columns_by_hand_matches_qr():
+    """d = 2 goes by hand (Gram-Schmidt on two columns): on an ill-conditioned J (columns 1e-4 apart,
+    cond ~ 1e4) it equals LAPACK's QR path and float64 slogdet(J^T J)."""
+    from ebm_jax.estimators.singular_values import log_det_from_jacobian
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=9)
+    jac = np.stack([a, a + 1e-4 * rng.normal(size=9)], axis=1)
+    want = 0.5 * np.linalg.slogdet(jac.T @ jac)[1]
+    got = float(log_det_from_jacobian(jnp.asarray(jac, jnp.float32)))
+    r = np.linalg.qr(jac.astype(np.float32), mode="r")
+    assert abs(got - want) < 1e-3
+    assert abs(got - float(np.sum(np.log(np.abs(np.diag(r)))))) < 1e-3
+
+
+@pytest.mark.parametrize("dims", [[3, 16, 6], [2, 16, 5]])
+def test_log_det_jacobian_gradient_x64(dims):
     with jax.enable_x64(True):
-        params = init_mlp(30, [3, 16, 6], jnp.float64)
-        z = jnp.array([0.1, -0.4, 0.7], jnp.float64)
+        params = init_mlp(30, dims, jnp.float64)
+        z = jnp.array([0.1, -0.4, 0.7][:dims[0]], jnp.float64)
 
         def exact(p):
             jac = mlp_svd(p, z, "softplus")[0]
@@ -275,7 +291,7 @@ def test_log_det_jacobian_gradient_x64():
         g = jax.jit(jax.grad(mlp_log_det))(params, z)
         w = params[0][0]
         h = 1e-6
-        for idx in [(0, 0), (2, 9)]:
+        for idx in [(0, 0), (dims[0] - 1, 9)]:
             up = [(w.at[idx].add(h), params[0][1]), params[1]]
             dn = [(w.at[idx].add(-h), params[0][1]), params[1]]
             fd = (exact(up) - exact(dn)) / (2 * h)
@@ -346,6 +362,7 @@ def test_anisotropy_index():
         z = normal(61, (d,))
         col_norms = np.linalg.norm(np.asarray(mlp_jacobian(params, z), np.float64), axis=0)
         np.testing.assert_allclose(float(ani(params, z)), np.std(col_norms), rtol=1e-4)
+        np.testing.assert_allclose(float(anisotropy_from_jacobian(mlp_jacobian(params, z))), np.std(col_norms), rtol=1e-4)
     # Orthogonal columns of equal norm: isotropic, C_z = 0; unequal norms 1 and 3: std = 1.
     assert abs(float(anisotropy_index(lambda x: 2.0 * x, jnp.ones(3)))) < 1e-6
     assert abs(float(anisotropy_index(lambda x: jnp.array([1.0, 3.0]) * x, jnp.ones(2))) - 1.0) < 1e-6

@@ -39,6 +39,18 @@ def numpy_svgd(x, score, h, feat=None, feat_jac=None):
     return phi / m
 
 
+@pytest.mark.parametrize("n", [1, 2, 3, 8, 101, 32640])
+def test_median_by_bisection_equals_numpy(n):
+    """The sort-free median of non-negative floats (exact order statistics by bisection on the bit
+    patterns) against numpy's, with ties, zeros (also -0.0) and odd and even counts."""
+    rng = np.random.default_rng(n)
+    for v in (rng.exponential(size=n), np.round(rng.exponential(size=n), 1),
+              np.where(np.arange(n) % 2 == 0, -0.0, rng.uniform(size=n))):
+        v = v.astype(np.float32)
+        got = float(jax.jit(estimators.stein.nonnegative_median)(jnp.asarray(v)))
+        assert got == np.float32(np.median(np.abs(v))), (n, got, np.median(v))
+
+
 def test_median_bandwidth_counts_distinct_pairs_only():
     x = np.random.default_rng(0).normal(size=(9, 3)).astype(np.float32)
     np.testing.assert_allclose(float(estimators.median_bandwidth(jnp.asarray(x))), numpy_median_bandwidth(x), rtol=1e-5)
@@ -55,6 +67,17 @@ def test_svgd_direction_matches_double_loop(bandwidth):
     h = numpy_median_bandwidth(x) if bandwidth is None else bandwidth
     got = estimators.svgd_direction(jnp.asarray(x), jnp.asarray(score), bandwidth=bandwidth)
     np.testing.assert_allclose(np.asarray(got), numpy_svgd(x, score, h), rtol=1e-4, atol=1e-5)
+
+
+def test_svgd_direction_closed_form_on_image_shaped_particles():
+    """The particles' own RBF kernel (closed form, m x m matrices) on non-flat particles = the double loop."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(6, 2, 3)).astype(np.float32)
+    score = rng.normal(size=(6, 2, 3)).astype(np.float32)
+    got = estimators.svgd_direction(jnp.asarray(x), jnp.asarray(score))
+    want = numpy_svgd(x.reshape(6, 6), score.reshape(6, 6), numpy_median_bandwidth(x.reshape(6, 6)))
+    assert got.shape == x.shape
+    np.testing.assert_allclose(np.asarray(got).reshape(6, 6), want, rtol=1e-4, atol=1e-5)
 
 
 def test_svgd_direction_on_features_and_image_shapes():

@@ -25,6 +25,36 @@ def pairwise_sq_distances(f):
     return jnp.maximum(sq[:, None] + sq[None, :] - 2.0 * f @ f.T, 0.0)
 
 
+def nonnegative_median(v):
+    """jnp.median of a vector of non-negative floats, found by bisection on the floats' bit patterns
+    instead of a sort.
+
+    For x >= 0 the int32 view of a float32 is monotone in its value, so the k-th smallest value is the
+    smallest bit pattern b with #{v_i <= b} > k: 31 halvings of the pattern range, each one comparison
+    and count over v, find it exactly. XLA:CPU's sort of the 32,640 pairwise distances of a 256-point
+    SVGD batch took 4.9 of the 6.3 ms of a whole SteinCD toy iteration; this takes a small fraction.
+    Like jnp.median, an even count averages the two middle values (float32 only; other dtypes sort)."""
+    v = jnp.ravel(v)
+    n = v.shape[0]
+    if v.dtype != jnp.float32:
+        return jnp.median(v)
+    bits = jax.lax.bitcast_convert_type(jnp.abs(v), jnp.int32)     # abs: -0.0 -> +0.0
+    ranks = jnp.array([(n - 1) // 2, n // 2], jnp.int32)           # the two middle order statistics
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        count = jnp.sum(bits[None, :] <= mid[:, None], axis=1, dtype=jnp.int32)
+        found = count > ranks
+        return jnp.where(found, lo, mid + 1), jnp.where(found, mid, hi)
+
+    lo = jnp.zeros((2,), jnp.int32)
+    hi = jnp.full((2,), jnp.max(bits), jnp.int32)
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (lo, hi))
+    a, b = jax.lax.bitcast_convert_type(lo, jnp.float32)
+    return a * 0.5 + b * 0.5
+
+
 def median_bandwidth(x, scale: float = 1.0):
     """h = (scale * med)^2 / log m, med the median of ||x_i - x_j|| over the pairs i < j (Sec. 5.1).
 
@@ -35,7 +65,7 @@ def median_bandwidth(x, scale: float = 1.0):
     if m < 2:
         return jnp.asarray(1.0, f.dtype)
     iu = jnp.triu_indices(m, k=1)
-    med = jnp.median(jnp.sqrt(pairwise_sq_distances(f)[iu]))
+    med = nonnegative_median(jnp.sqrt(pairwise_sq_distances(f)[iu]))
     return jnp.maximum((scale * med) ** 2 / jnp.log(float(m)), 1e-8)
 
 
@@ -52,8 +82,9 @@ def svgd_direction(x, score, bandwidth: Optional[float] = None, kernel: str = "r
       (SteinGAN Sec. 5.2, the autoencoder's code) and its x-gradient goes through F. Costs m^2 feature
       evaluations.
 
-    The pairs are computed with vmap over (j, i) and jax.grad of the kernel in its first argument,
-    so the same code serves any kernel on any features.
+    Without features the RBF direction is computed in closed form with m x m matrices; with features
+    the pairs are computed with vmap over (j, i) and jax.grad of the kernel in its first argument, so
+    the same code serves any feature map (tests check the two agree).
     """
     if kernel not in KERNELS:
         raise ValueError(f"SVGD kernel {kernel!r} is unknown; valid kernels are {list(KERNELS)}.")
@@ -69,6 +100,16 @@ def svgd_direction(x, score, bandwidth: Optional[float] = None, kernel: str = "r
         h = median_bandwidth(jax.vmap(feat)(x), bandwidth_scale)
     else:
         h = jnp.asarray(bandwidth, x.dtype)
+    if features is None:
+        # The RBF kernel on the particles themselves in closed form, with m x m matrices only:
+        # grad_{x_j} k(x_j, x_i) = -(2/h) (x_j - x_i) k(x_j, x_i), so the repulsive term of particle i is
+        # (2/h) (x_i sum_j k_ji - sum_j k_ji x_j). The pairwise vmap below would build (m, m, D) arrays
+        # (100 x 100 x 784 floats for SteinCD's MNIST batch) for the same numbers.
+        f = _flat(x)
+        kv = jnp.exp(-pairwise_sq_distances(f) / h)             # symmetric: kv[j, i] = k(x_j, x_i)
+        driving = kv.T @ _flat(score)
+        repulsive = (2.0 / h) * (f * jnp.sum(kv, axis=0)[:, None] - kv.T @ f)
+        return ((driving + repulsive) / m).reshape(x.shape)
 
     def k(a, b):
         return jnp.exp(-jnp.sum((feat(a) - feat(b)) ** 2) / h)

@@ -10,6 +10,7 @@ import optax
 from ebm_jax import estimators
 from ebm_jax.errors import ConfigError
 from ebm_jax.models import is_normalized_generator
+from ebm_jax.models.precision import resolve_compute_dtype
 
 OPTIMIZERS = ("adam", "adagrad", "sgd")
 SCHEDULES = ("constant", "cosine", "linear")
@@ -90,6 +91,14 @@ class Generator:
             return self.net.apply({"params": params}, z)
         return self.net.apply({"params": params, "batch_stats": batch_stats}, z, mode="running")[0]
 
+    def given_batch(self, params, batch_stats, stats):
+        """z (B, latent) -> G(z) normalising with `stats` from a train_batch call: the per-sample map of
+        every row at once (rows are independent), e.g. for a Jacobian by one batched jvp."""
+        if not self.normalized:
+            return lambda zz: self.net.apply({"params": params}, zz)
+        variables = {"params": params, "batch_stats": batch_stats}
+        return lambda zz: self.net.apply(variables, zz, mode="given", stats=stats)[0]
+
     def per_sample(self, params, batch_stats, stats):
         """z (latent,) -> G(z) of one sample, normalising with `stats` from a train_batch call."""
         if not self.normalized:
@@ -110,6 +119,9 @@ class GeneratorEnergyMethod:
         self.config = config
         self.data_shape = tuple(data_shape)
         self.latent_shape = (int(config.model.latent_dim),)
+        # what the image networks compute in (model.compute_dtype; models.precision): bfloat16 on GPU /
+        # TPU by default, float32 on CPU; parameters and optimiser state are float32 either way
+        self.compute_dtype = resolve_compute_dtype(config.model)
 
     # ---- to be provided by a method ----
     has_generator = True    # False: an energy alone (SteinCD, CD-k); sampling is data-space MCMC

@@ -52,12 +52,12 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         super().__init__(config, data_shape)
         check_positive(config, "method.entropy_weight", allow_zero=True)
         mc = config.model
-        self.energy_net = build_energy(mc.energy, self.data_shape)
+        self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
         if mc.generator.get("kind", "mlp") == "mlp":
             net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
                                          mc.generator.activation, True, output=mc.generator.get("output", "linear"))
         else:  # batch-normalised image generators (DCGAN, ResNet, MEG's MNIST network)
-            net = build_generator(mc.generator, self.data_shape)
+            net = build_generator(mc.generator, self.data_shape, self.compute_dtype)
             if not is_normalized_generator(net):
                 raise ConfigError(f"model.generator.kind {mc.generator.kind!r} has no batch norm, which Eq. 15's "
                                   f"entropy needs; use 'mlp' or one of {list(NORMALIZED_GENERATOR_KINDS)}.")
@@ -166,6 +166,7 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
     elif c.data.name == "mnist":
         # Sec. 4: fully connected networks, 128 experts, 10-dimensional z
         c.data.data_dir = "../shared/data/mnist"
+        c.train.steps_per_call = 1
         c.model.latent_dim = 10
         c.model.energy.hidden = (1024, 512)
         c.model.energy.num_experts = 128

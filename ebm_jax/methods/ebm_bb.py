@@ -64,6 +64,23 @@ def generator_loss(e_gen, log_volume):
     return jnp.mean(e_gen) - jnp.mean(log_volume)
 
 
+def batch_jacobian(fb, z):
+    """(B, D, d) Jacobians of a map fb: (B, d) -> (B, ...) whose rows are independent (a generator with
+    its batch-norm statistics held fixed), with D = the size of one output row: one batched pass per
+    output coordinate (reverse mode) when D <= d, as on the 2-D toys, else one per latent coordinate
+    (forward mode). Reverse mode there also avoids a transposed weight-gradient product that XLA:CPU
+    ran at a third of its matmul rate (12% of an EBM-0GP toy iteration with forward mode)."""
+    b, d = z.shape[0], z.shape[1]
+    out, vjp = jax.vjp(lambda zz: fb(zz).reshape(b, -1), z)
+    D = out.shape[1]
+    if D <= d:
+        basis = jnp.broadcast_to(jnp.eye(D, dtype=out.dtype)[:, None, :], (D, b, D))
+        return jnp.transpose(jax.vmap(lambda t: vjp(t)[0])(basis), (1, 0, 2))
+    basis = jnp.broadcast_to(jnp.eye(d, dtype=z.dtype)[:, None, :], (d,) + z.shape)
+    cols = jax.vmap(lambda t: jax.jvp(lambda zz: fb(zz).reshape(b, -1), (z,), (t,))[1])(basis)   # (d, b, D)
+    return jnp.transpose(cols, (1, 2, 0))
+
+
 class BidirectionalBounds(GeneratorEnergyMethod):
     name = "ebm_bb"
     progress_metrics = ("lower_bound", "upper_bound", "entropy", "s_min_mean", "penalty", "energy_loss")
@@ -84,15 +101,15 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             check_positive(config, "method.num_probes", integer=True)
         else:
             check_positive(config, "method.penalty_weight", allow_zero=True)
-        check_positive(config, "method.anisotropy_samples", integer=True)
+        check_positive(config, "method.anisotropy_samples", integer=True, allow_zero=True)
         mc = config.model
-        self.energy_net = build_energy(mc.energy, self.data_shape)
+        self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
         if mc.generator.get("kind", "mlp") == "mlp":
             # Tables 6-7: Linear, PReLU, BN layers
             net = NormalizedGeneratorMLP(tuple(int(h) for h in mc.generator.hidden), self.data_shape,
                                          mc.generator.activation, bool(mc.generator.get("batch_norm", True)))
         else:  # image generators (Table 8's DCGAN, Table 10's ResNet, ...)
-            net = build_generator(mc.generator, self.data_shape)
+            net = build_generator(mc.generator, self.data_shape, self.compute_dtype)
         self.gen = Generator(net)
         self.batches_per_step = int(m.n_critic)
         steps = int(config.train.num_steps)
@@ -146,14 +163,16 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         b = batch.shape[1]
         cfg = self.config.method
         d = self.latent_shape[0]
-        k_critic, k_gen = jax.random.split(key)
+        k_z, k_critic, k_lob = jax.random.split(key, 3)
         g_params = params["generator"]
+        # every latent batch of the iteration (n_critic critic steps, then the generator step) in one
+        # draw: on a CPU each random-number call is a small loop of its own, a few percent of a toy iteration
+        nc = self.batches_per_step
+        z_all = self.prior(k_z, (nc + 1) * b).reshape((nc + 1, b) + self.latent_shape)
 
         def critic_update(carry, inputs):
             e_params, e_opt = carry
-            x_real, k = inputs
-            k_z, k_ub = jax.random.split(k)
-            z = self.prior(k_z, b)
+            x_real, k_ub, z = inputs
             x_fake, stats, _ = self.gen.train_batch(g_params, batch_stats, z, update_stats=False)
             x_fake = jax.lax.stop_gradient(x_fake)
             if self.use_upper_bound:
@@ -178,28 +197,40 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             updates, e_opt = self.tx_energy.update(grads, e_opt, e_params)
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
-        keys = jax.random.split(k_critic, self.batches_per_step)
-        # unrolled: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic steps 2.7x slower
-        # (800 vs 300 ms per iteration with 5 critic steps); n_critic is small, so is the program
-        (e_params, e_opt), critic_metrics = jax.lax.scan(
-            critic_update, (params["energy"], opt_state["energy"]), (batch, keys), unroll=True)
-        last = jax.tree_util.tree_map(lambda a: a[-1], critic_metrics)
-
-        k_z, k_lob = jax.random.split(k_gen)
-        z = self.prior(k_z, b)
+        keys = jax.random.split(k_critic, nc)   # the upper bound's LOBPCG starts and Hutchinson probes
+        # A Python loop, not lax.scan: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic
+        # steps 2.7x slower (800 vs 300 ms per iteration with 5 critic steps), and even a fully unrolled
+        # scan (a one-trip loop) kept the DCGAN energy's weight-gradient convolutions in a layout XLA:CPU
+        # runs ~4x slower (issue 9's speed table: WGAN-0GP at 32x32 spent 1.2 of 1.33 s in six of them)
+        carry = (params["energy"], opt_state["energy"])
+        for i in range(nc):
+            carry, last = critic_update(carry, (batch[i], keys[i], z_all[i]))
+        e_params, e_opt = carry
+        z = z_all[nc]
 
         def gen_loss_fn(gp):
             x, stats, new_stats = self.gen.train_batch(gp, batch_stats, z, update_stats=True)
             e_gen = self.energy({"energy": e_params}, x)
             n_aniso = min(int(cfg.anisotropy_samples), b)
-            fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
-            aux = {"energy_generated": jnp.mean(e_gen),
-                   "anisotropy": jnp.mean(jax.vmap(lambda zz: sv.anisotropy_index(fn_fixed, zz))(z[:n_aniso]))}
-            if not self.use_entropy:
-                return jnp.mean(e_gen), (new_stats, v_prev, aux)
+            aux = {"energy_generated": jnp.mean(e_gen)}
             fn = self.gen.per_sample(gp, batch_stats, stats)
-            log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
-                z, jax.random.split(k_lob, b), v_prev)
+            if self.use_entropy and cfg.entropy == "exact":
+                # one explicit Jacobian per sample serves both the log-determinant and C_z
+                jac = batch_jacobian(self.gen.given_batch(gp, batch_stats, stats), z)      # (b, D, d)
+                log_vol, s1, v_new = jax.vmap(sv.log_det_from_jacobian)(jac), None, v_prev
+                if n_aniso:
+                    aux["anisotropy"] = jnp.mean(jax.vmap(sv.anisotropy_from_jacobian)(
+                        jax.lax.stop_gradient(jac[:n_aniso])))
+            else:
+                if n_aniso:
+                    # d jvps per sample: free on the toys, but 16 x 128 generator jvps per iteration at
+                    # latent 128 (3x a whole WGAN-0GP DCGAN iteration), so the image variants turn it off
+                    fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
+                    aux["anisotropy"] = jnp.mean(jax.vmap(lambda zz: sv.anisotropy_index(fn_fixed, zz))(z[:n_aniso]))
+                if not self.use_entropy:
+                    return jnp.mean(e_gen), (new_stats, v_prev, aux)
+                log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
+                    z, jax.random.split(k_lob, b), v_prev)
             aux["log_volume"] = jnp.mean(log_vol)
             if s1 is not None:  # LOBPCG; the exact log-det path has no separate s_1
                 aux.update(s_min_mean=jnp.mean(s1), s_min_min=jnp.min(s1), s_min_max=jnp.max(s1))
@@ -277,7 +308,9 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     # EBM-0GP / WGAN-0GP: weight of the zero-centred gradient penalty; the paper gives none, 0.001 is
     # the reference toy script's gp_weight (with its spectrally normalised energy)
     c.method.penalty_weight = 0.001
-    c.method.anisotropy_samples = 16  # z's per iteration for the logged C_z of Eq. 21
+    # z's per iteration for the logged C_z of Eq. 21 (0 = not logged during training; evaluation reports
+    # generator/anisotropy for every method either way). The toys log it; real data, with d = 128, do not.
+    c.method.anisotropy_samples = 16
 
     # Table 6 (toys): energy 2-100-100-1 with PReLU; generator 2-100-100-2 with Linear, PReLU, BN.
     c.model.latent_dim = 2
@@ -304,6 +337,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         token = c.data.name
         configlib.apply_data_variant(c, token, roles=("energy", "generator"))
         c.method.zeta = 1.0           # Sec. 5.1
+        c.method.anisotropy_samples = 0
         # Appendix C: c = 0.001 for generation, 0.1 for density estimation / OOD (the anomaly sets)
         c.method.bound_c = 0.1 if token in ("kdd", "mnist_anomaly") else 0.001
         if token == "stacked_mnist":
@@ -323,6 +357,8 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         # Table 11: batch 64, latent 128, 60 epochs.
         c.data.data_dir = "../shared/data/mnist"
         c.data.batch_size = 64
+        c.train.steps_per_call = 1
+        c.method.anisotropy_samples = 0
         c.model.latent_dim = 128
         c.model.energy.hidden = (2000, 1000, 500, 250, 250)
         c.model.generator.hidden = (500, 1000, 2000)

@@ -2,7 +2,7 @@
 
 One iteration = n_critic energy updates (Eq. 9 plus the zero-centred gradient penalty of Sec. 3.1),
 then one joint update of the generator (Eq. 8) and the statistics network T(x, z) (Eq. 7), all inside
-one compiled call. The critic updates run as a lax.scan over the n_critic real batches.
+one compiled call. The critic updates run as an unrolled loop over the n_critic real batches.
 """
 from typing import Any, Dict
 
@@ -17,9 +17,8 @@ from ebm_jax.models import build_energy, build_generator, build_statistics
 
 def energy_loss(energy_fn, x_real, x_fake, penalty_weight):
     """L_E of Algorithm 1: mean E(x) - mean E(G(z)) + lambda * mean ||grad_x E(x)||^2 on real x."""
-    e_real = energy_fn(x_real)
+    e_real, penalty = estimators.energy_and_gradient_penalty(energy_fn, x_real)  # one forward on x_real
     e_fake = energy_fn(x_fake)
-    penalty = estimators.zero_centered_gradient_penalty(energy_fn, x_real)
     loss = jnp.mean(e_real) - jnp.mean(e_fake) + penalty_weight * penalty
     return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
 
@@ -40,9 +39,9 @@ class MEG(GeneratorEnergyMethod):
         check_positive(config, "method.n_critic", integer=True)
         check_positive(config, "method.penalty_weight", allow_zero=True)
         m = config.model
-        self.energy_net = build_energy(m.energy, self.data_shape)
-        self.gen = Generator(build_generator(m.generator, self.data_shape))
-        self.statistics_net = build_statistics(m.statistics, self.data_shape)
+        self.energy_net = build_energy(m.energy, self.data_shape, self.compute_dtype)
+        self.gen = Generator(build_generator(m.generator, self.data_shape, self.compute_dtype))
+        self.statistics_net = build_statistics(m.statistics, self.data_shape, self.compute_dtype)
         self.batches_per_step = int(config.method.n_critic)
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
@@ -84,10 +83,14 @@ class MEG(GeneratorEnergyMethod):
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
         keys = jax.random.split(k_critic, self.batches_per_step)
-        # unrolled: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic steps 2.7x slower
-        # (800 vs 300 ms per iteration with 5 critic steps); n_critic is small, so is the program
-        (e_params, e_opt), critic_metrics = jax.lax.scan(
-            critic_update, (params["energy"], opt_state["energy"]), (batch, keys), unroll=True)
+        # A Python loop (n_critic is small, so is the program), not lax.scan: inside a while loop
+        # XLA:CPU compiled the StackedMNIST critic steps 2.7x slower (800 vs 300 ms per iteration with 5
+        # critic steps), and even a fully unrolled scan kept the DCGAN energy's weight-gradient
+        # convolutions in a layout XLA:CPU runs several times slower (issue 9's 32x32 speed table)
+        carry = (params["energy"], opt_state["energy"])
+        for i in range(self.batches_per_step):
+            carry, last = critic_update(carry, (batch[i], keys[i]))
+        e_params, e_opt = carry
 
         z = self.prior(k_z, batch_size)
         z_shuffled = estimators.shuffle_per_dimension(k_shuffle, z)
@@ -111,7 +114,6 @@ class MEG(GeneratorEnergyMethod):
             "statistics": optax.apply_updates(params["statistics"], t_updates),
         }
         new_opt = {"energy": e_opt, "generator": g_opt, "statistics": t_opt}
-        last = jax.tree_util.tree_map(lambda a: a[-1], critic_metrics)
         metrics = {
             "energy_loss": last["energy_real"] - last["energy_fake"] + self.penalty_weight * last["penalty"],
             **last,

@@ -48,7 +48,7 @@ class _EnergyModelMixin:
     """Energy built from model.energy.kind; exact log Z when the energy is an RBM."""
 
     def _build_energy(self, config):
-        self.energy_net = build_energy(config.model.energy, self.data_shape)
+        self.energy_net = build_energy(config.model.energy, self.data_shape, self.compute_dtype)
         self.energy_kind = config.model.energy.get("kind", "mlp")
 
     def energy(self, params, x):
@@ -187,7 +187,7 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         if m.gamma >= 1 or m.gamma_fast >= 1:
             raise ConfigError(f"method.gamma={m.gamma} / gamma_fast={m.gamma_fast} must be below 1 (Sec. 5.2 uses 0.7 / 0.9).")
         self._build_energy(config)
-        self.gen = Generator(build_generator(config.model.generator, self.data_shape))
+        self.gen = Generator(build_generator(config.model.generator, self.data_shape, self.compute_dtype))
         steps = int(config.train.num_steps)
         self.tx_energy = make_optimizer(config.optim, steps)
         g_optim = ml_collections.ConfigDict(config.optim.to_dict())
@@ -342,6 +342,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         # Sec. 5.1: Gaussian-Bernoulli RBM with 10 hidden units (exact log Z), mini-batches of 100, Adam.
         c.data.data_dir = "../shared/data/mnist"
         c.data.batch_size = 100
+        c.train.steps_per_call = 1
         c.model.energy = ml_collections.ConfigDict({"kind": "rbm", "num_hidden": 10})
         c.train.num_steps = 6000       # 10 epochs of 60k images
         c.train.eval_every = 1000

@@ -33,6 +33,7 @@ from ebm_jax.data import toys as toy_names
 from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import build_generator
 from ebm_jax.models.latent import GaussianInference, LatentEnergy
+from ebm_jax.models.precision import with_compute_dtype
 
 INFERENCE_OBJECTIVES = ("kl_difference", "kl_sum")
 LOG_2PI = math.log(2.0 * math.pi)
@@ -88,14 +89,16 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         if mc.get("prior", "gaussian") != "gaussian":
             raise ConfigError("the divergence triangle's p(z) is N(0, I) (Sec. 3.1); set model.prior='gaussian'.")
         d = self.latent_shape[0]
-        self.gen = Generator(build_generator(mc.generator, self.data_shape))
-        self.inference_net = GaussianInference(mc.inference.kind, tuple(mc.inference.hidden), d,
-                                               mc.inference.activation, self.data_shape,
-                                               int(mc.inference.get("channels", 32)))
+        self.gen = Generator(build_generator(mc.generator, self.data_shape, self.compute_dtype))
+        self.inference_net = with_compute_dtype(
+            GaussianInference(mc.inference.kind, tuple(mc.inference.hidden), d, mc.inference.activation,
+                              self.data_shape, int(mc.inference.get("channels", 32))),
+            self.compute_dtype, mc.inference.kind == "conv")
         e = mc.energy
-        self.energy_net = LatentEnergy(e.kind, tuple(e.encoder_hidden), int(e.features), tuple(e.hidden),
-                                       e.activation, self.data_shape, int(e.get("channels", 32)),
-                                       bool(e.spectral_norm))
+        self.energy_net = with_compute_dtype(
+            LatentEnergy(e.kind, tuple(e.encoder_hidden), int(e.features), tuple(e.hidden), e.activation,
+                         self.data_shape, int(e.get("channels", 32)), bool(e.spectral_norm)),
+            self.compute_dtype, e.kind == "conv")
         self.sigma = float(m.sigma)
         steps = int(config.train.num_steps)
         self.tx = {k: make_optimizer(config.optim, steps) for k in ("energy", "inference", "generator")}
@@ -260,6 +263,7 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
     elif token in ("mnist", "mnist_anomaly"):
         c.data.name = token
         c.data.data_dir = "../shared/data/mnist"
+        c.train.steps_per_call = 1
         c.method.sigma = 0.3
         c.model.latent_dim = 16
         c.model.generator = ml_collections.ConfigDict({"kind": "mlp", "hidden": (512, 512), "activation": "relu",

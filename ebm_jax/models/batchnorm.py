@@ -64,7 +64,10 @@ class BatchNormLayers:
         ra_var = m.variable("batch_stats", f"var_{i}", lambda: jnp.ones((width,), jnp.float32))
         axes = tuple(range(h.ndim - 1))
         if self.mode == "batch":
-            mean, var = jnp.mean(h, axis=axes), jnp.var(h, axis=axes)
+            # statistics in float32 also when the network computes in bfloat16 (models.precision): a
+            # bfloat16 variance loses most of its digits, and the running averages stay float32
+            hf = h.astype(jnp.promote_types(h.dtype, jnp.float32))
+            mean, var = jnp.mean(hf, axis=axes), jnp.var(hf, axis=axes)
             if m.is_mutable_collection("batch_stats") and not m.is_initializing():
                 n = h.size // width  # values per channel: batch (x H x W)
                 ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
@@ -77,7 +80,7 @@ class BatchNormLayers:
                                  f"the network has more (layer {i} has none).")
             mean, var = self.stats[i]
         self.used.append((mean, var))
-        return (h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+        return ((h - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias).astype(h.dtype)
 
     def finish(self):
         """The statistics used, after checking that 'given' statistics matched the layers one to one."""

@@ -19,6 +19,7 @@ import numpy as np
 from ebm_jax.errors import ConfigError
 from ebm_jax.models import images
 from ebm_jax.models.mlp import MLP
+from ebm_jax.models.precision import IMAGE_KINDS, with_compute_dtype
 
 MAX_EXACT_HIDDEN = 20  # 2^20 hidden states is where the exact sum stops being cheap
 
@@ -194,8 +195,11 @@ def network_config(role: str, kind: str) -> ml_collections.ConfigDict:
 
 
 def is_normalized_generator(module) -> bool:
-    """Whether a generator returns (x, used_stats) and takes mode / stats, as NormalizedGeneratorMLP."""
+    """Whether a generator returns (x, used_stats) and takes mode / stats, as NormalizedGeneratorMLP
+    (also under a models.precision.MixedPrecision wrapper)."""
     from ebm_jax.models.mlp import NormalizedGeneratorMLP
+    from ebm_jax.models.precision import unwrap
+    module = unwrap(module)
     return isinstance(module, (NormalizedGeneratorMLP, images.DCGANGenerator, images.ResNetGenerator,
                                images.MEGMNISTGenerator))
 
@@ -274,12 +278,17 @@ def _kind(role: str, config, valid):
     return kind
 
 
-def build_energy(energy_config, data_shape):
+def build_energy(energy_config, data_shape, compute_dtype=None):
     """The energy network named by model.energy.kind: 'mlp' (EnergyMLP), 'rbm' (RBMEnergy, exact log Z),
     'autoencoder' (AutoencoderEnergy, Eq. 24), 'product_of_experts' (Kim & Bengio Eq. 11), 'dcgan'
     (EBM-BB Table 8), 'resnet' (Table 9), 'meg_mnist' (MEG's MNIST energy) or 'meg_kdd' (MEG's KDD99 MLP).
     Each returns one energy per row, apply({'params': p}, x) -> (B,); a 'resnet' energy with
     batch_norm=True also needs its 'batch_stats' (see models.images.ResNetEnergy)."""
+    net = _energy_network(energy_config, data_shape)
+    return with_compute_dtype(net, compute_dtype or jnp.float32, energy_config.get("kind", "mlp") in IMAGE_KINDS)
+
+
+def _energy_network(energy_config, data_shape):
     from ebm_jax.models.mlp import EnergyMLP, build_mlp
     kind = _kind("energy", energy_config, ENERGY_KINDS)
     if kind == "mlp":
@@ -315,10 +324,15 @@ def build_energy(energy_config, data_shape):
     return images.MEGMNISTEnergy(f.positive_int("width"), f.slope())
 
 
-def build_generator(generator_config, data_shape):
+def build_generator(generator_config, data_shape, compute_dtype=None):
     """'mlp' (GeneratorMLP), 'deconv' (DeconvGenerator), 'meg_kdd' (MEG's KDD99 MLP): apply -> x;
     'dcgan' (EBM-BB Table 8), 'resnet' (Table 10), 'meg_mnist' (MEG's MNIST generator): batch-normalised,
     apply(variables, z, mode=..., stats=...) -> (x, used_stats) as NormalizedGeneratorMLP."""
+    net = _generator_network(generator_config, data_shape)
+    return with_compute_dtype(net, compute_dtype or jnp.float32, generator_config.get("kind", "mlp") in IMAGE_KINDS)
+
+
+def _generator_network(generator_config, data_shape):
     from ebm_jax.models.mlp import GeneratorMLP, build_mlp
     kind = _kind("generator", generator_config, GENERATOR_KINDS)
     if kind == "mlp":
@@ -341,10 +355,15 @@ def build_generator(generator_config, data_shape):
     return images.MEGMNISTGenerator(C, f.positive_int("width"), f.flag("batch_norm"))
 
 
-def build_statistics(statistics_config, data_shape):
+def build_statistics(statistics_config, data_shape, compute_dtype=None):
     """The statistics network T(x, z) of MEG's mutual-information estimator, apply({'params': p}, x, z)
     -> (B,): 'mlp' (StatisticsMLP on [x, z]), 'dcgan' or 'meg_mnist' (models.images.ConvStatistics with
     that energy's convolutional trunk) or 'meg_kdd' (MEG's KDD99 MLP)."""
+    net = _statistics_network(statistics_config, data_shape)
+    return with_compute_dtype(net, compute_dtype or jnp.float32, statistics_config.get("kind", "mlp") in IMAGE_KINDS)
+
+
+def _statistics_network(statistics_config, data_shape):
     from ebm_jax.models.mlp import StatisticsMLP, build_mlp
     kind = _kind("statistics", statistics_config, STATISTICS_KINDS)
     if kind == "mlp":

@@ -36,25 +36,67 @@ def _activate(name: str, x):
     return get_activation(name)(x)
 
 
-def spectral_norm_estimate(kernel, num_iters: int = 20):
-    """Largest singular value of a (fan_in, fan_out) kernel by power iteration, differentiable as
-    torch's spectral_norm is: sigma = u^T W v with u and v held fixed (stop_gradient).
+GRAM_MAX_SIDE = 128   # fan_out up to which the power iteration runs on the fan_out x fan_out W^T W
 
-    Stateless: the iteration starts from the same fixed vector every call instead of torch's
-    persistent u (one iteration per forward pass), so nothing has to be threaded through the state;
-    20 iterations cost little next to the network itself. Where the top two singular values are
-    close the estimate falls short of sigma (by 7% after 10 iterations on a random 100x100 Gaussian
-    matrix, 0.01% after 50): the layer is then slightly more than 1-Lipschitz, but the energy is still
-    one deterministic, differentiable function of the parameters."""
+
+def _top_eigenvector_2x2(g):
+    """Unit eigenvector of the largest eigenvalue of a symmetric 2x2 matrix [[a, c], [c, b]], in closed
+    form: (c, lam - a) or (lam - b, c), whichever is longer (one of them vanishes when c = 0)."""
+    a, b, c = g[0, 0], g[1, 1], g[0, 1]
+    lam = 0.5 * (a + b) + jnp.sqrt(0.25 * (a - b) ** 2 + c ** 2)
+    x1, x2 = jnp.stack([c, lam - a]), jnp.stack([lam - b, c])
+    x = jnp.where(jnp.linalg.norm(x1) >= jnp.linalg.norm(x2), x1, x2)
+    n = jnp.linalg.norm(x)
+    return jnp.where(n > 0, x / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], g.dtype))  # g = 0: any vector
+
+
+def spectral_norm_estimate(kernel, num_iters: int = 20):
+    """Largest singular value of a (fan_in, fan_out) kernel, differentiable as torch's spectral_norm
+    is: sigma = u^T W v with the singular vectors u and v held fixed (stop_gradient).
+
+    Stateless: nothing is threaded through the train state. A kernel with a side of 1 or 2 (the input
+    and output layers of every 2-D toy energy) gets its exact singular vectors in closed form (of the
+    1x1 or 2x2 Gram matrix); any other runs `num_iters` power iterations from the same fixed vector
+    every call, instead of torch's persistent u (one iteration per forward pass). The closed forms
+    are not only exact: they replace 20 rounds of tiny sequential matrix-vector products, which on a
+    CPU cost more than the network they normalise (issue 9's profile of the EBM-BB toys). Where the
+    top two singular values are close the iteration falls short of sigma (by 7% after 10 iterations
+    on a random 100x100 Gaussian matrix, 0.01% after 50): the layer is then slightly more than
+    1-Lipschitz, but the energy is still one deterministic, differentiable function of the parameters."""
     w = kernel.reshape(-1, kernel.shape[-1])
+    w_sg = jax.lax.stop_gradient(w)
+    tiny = 1e-12
+    if min(w.shape) <= 2:
+        tall = w.shape[0] >= w.shape[1]       # the Gram matrix of the short side is 1x1 or 2x2
+        g = w_sg.T @ w_sg if tall else w_sg @ w_sg.T
+        x = jnp.ones((1,), w.dtype) if g.shape[0] == 1 else _top_eigenvector_2x2(g)
+        if tall:
+            v = x
+            u = w_sg @ v
+            u = u / (jnp.linalg.norm(u) + tiny)
+        else:
+            u = x
+            v = w_sg.T @ u
+            v = v / (jnp.linalg.norm(v) + tiny)
+        return u @ w @ v
     v = jnp.full((w.shape[1],), 1.0 / jnp.sqrt(w.shape[1]), w.dtype)
     v = v + 0.01 * jnp.sin(jnp.arange(w.shape[1], dtype=w.dtype))  # not orthogonal to a top vector by symmetry
-    w_sg = jax.lax.stop_gradient(w)
+    if w.shape[1] <= GRAM_MAX_SIDE:
+        # the same iteration on W^T W formed once: v <- W^T W v / ||.|| is the direction the two
+        # matrix-vector products give, with one product and one normalisation per step instead of two
+        gram = w_sg.T @ w_sg
+        for _ in range(num_iters):
+            v = gram @ v
+            v = v / (jnp.linalg.norm(v) + tiny)
+        u = w_sg @ v
+        u = u / (jnp.linalg.norm(u) + tiny)
+        return u @ w @ v
+    w_t = w_sg.T
     for _ in range(num_iters):
         u = w_sg @ v
-        u = u / (jnp.linalg.norm(u) + 1e-12)
-        v = w_sg.T @ u
-        v = v / (jnp.linalg.norm(v) + 1e-12)
+        u = u / (jnp.linalg.norm(u) + tiny)
+        v = w_t @ u
+        v = v / (jnp.linalg.norm(v) + tiny)
     return u @ w @ v
 
 
