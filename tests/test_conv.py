@@ -20,6 +20,8 @@ def rand(shape, seed):
     (5, 3, 2, 3, 1, "SAME"),                # output 5x5 = 25 > 16: lax
     (3, 2, 3, 4, 1, ((1, 2), (2, 1))),      # asymmetric padding, output 2x2
     (6, 2, 3, 3, 2, "VALID"),               # output 2x2 from a string padding
+    (12, 3, 4, 4, 2, ((1, 1), (1, 1))),     # output 6x6, strided: im2col on a CPU (DCGAN's 4x4 stride 2)
+    (11, 2, 3, 5, 3, ((1, 0), (2, 1))),     # output 3x4, stride 3, asymmetric
 ])
 def test_conv_equals_lax_with_gradients(h, cin, cout, k, s, pad):
     x, w = rand((3, h, h, cin), 0), rand((k, k, cin, cout), 1)
@@ -29,6 +31,20 @@ def test_conv_equals_lax_with_gradients(h, cin, cout, k, s, pad):
     loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w)))                                  # noqa: E731
     for a, b in zip(jax.grad(loss(ours), (0, 1))(x, w), jax.grad(loss(ref), (0, 1))(x, w)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # float32 sums in another order
+
+
+def test_strided_conv_second_order_gradient_equals_lax():
+    """The parameter gradient of a zero-centred penalty ||grad_x E||^2 through a large strided layer
+    (the path im2col takes on a CPU because lax's is slow there) equals lax's."""
+    x, w, r = rand((2, 12, 12, 3), 5), rand((4, 4, 3, 5), 6), rand((2, 6, 6, 5), 7)
+
+    def penalty(f):
+        energy = lambda w, x: jnp.sum(jax.nn.leaky_relu(f(x, w), 0.1) * r)                  # noqa: E731
+        return lambda w: jnp.sum(jax.grad(energy, argnums=1)(w, x) ** 2)
+    ours = lambda x, w: conv.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)  # noqa: E731
+    ref = lambda x, w: lax.conv_general_dilated(x, w, (2, 2), ((1, 1), (1, 1)), dimension_numbers=DN)    # noqa: E731
+    assert "conv_general_dilated" not in str(jax.make_jaxpr(ours)(x, w)) or jax.default_backend() != "cpu"
+    np.testing.assert_allclose(jax.grad(penalty(ours))(w), jax.grad(penalty(ref))(w), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("h,k,s,pads", [

@@ -7,7 +7,9 @@ took 596 ms forward where the same product as a matrix multiply takes 4.7 ms; th
 DCGAN energy have exactly such layers, and they made an MNIST iteration take seconds. For outputs of
 at most SMALL_OUTPUT pixels the convolution is therefore computed as patches (im2col, strided slices
 of the padded input) times the reshaped kernel: the same numbers, as one matrix multiply. Larger
-outputs use lax.conv_general_dilated, which is fast there.
+outputs use lax.conv_general_dilated, which is fast there, except strided ones on a CPU: im2col too,
+because the gradient of a gradient penalty through lax's strided form is a kernel-dilated convolution
+that XLA:CPU runs 6-14x slower than the matrix products im2col differentiates into.
 
 `conv_general_dilated` has lax's signature and is passed to flax's nn.Conv; `ConvTranspose` is a
 drop-in for nn.ConvTranspose (same parameter names and shapes).
@@ -15,10 +17,12 @@ drop-in for nn.ConvTranspose (same parameter names and shapes).
 from typing import Sequence, Tuple, Union
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 from jax import lax
 
 SMALL_OUTPUT = 16   # output pixels (H * W) at or below which im2col is used
+STRIDED_IM2COL_ON_CPU = True   # strided convolutions of any size by im2col on the CPU backend
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -78,8 +82,9 @@ def conv_transpose_matmul(x, kernel, strides, pads):
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
-    """lax.conv_general_dilated, computed by im2col when the output has at most SMALL_OUTPUT pixels
-    (2-D, NHWC / HWIO, no kernel dilation or groups); otherwise lax's own."""
+    """lax.conv_general_dilated, computed by im2col when the output has at most SMALL_OUTPUT pixels, or
+    when it is strided and the backend is a CPU (2-D, NHWC / HWIO, no kernel dilation or groups);
+    otherwise lax's own."""
     nd = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * nd)
     simple = (nd == 2 and _is_nhwc(dimension_numbers) and feature_group_count == 1 and batch_group_count == 1
@@ -90,6 +95,14 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                 if isinstance(padding, str) else [tuple(p) for p in padding])
         out = [(n + p[0] + p[1] - k) // s + 1 for n, p, k, s in zip(in_sizes, pads, rhs.shape[:2], window_strides)]
         if out[0] * out[1] <= SMALL_OUTPUT:
+            return _im2col(lhs, rhs, tuple(window_strides), pads, lhs_dilation)
+        if (STRIDED_IM2COL_ON_CPU and jax.default_backend() == "cpu" and any(st > 1 for st in window_strides)
+                and all(d == 1 for d in lhs_dilation)):
+            # lax's strided convolution differentiates into an lhs-dilated one, and that (the input
+            # gradient inside a gradient penalty) differentiates into a kernel-dilated one, which
+            # XLA:CPU runs slowly: the parameter gradient of ||grad_x E||^2 through a 4x4 stride-2 layer,
+            # 32x32x64 -> 16x16x128 at batch 8, took 251 ms with lax's form and 39 ms with im2col, whose
+            # derivatives are matrix products and pads (issue 9). GPUs and TPUs keep lax's form.
             return _im2col(lhs, rhs, tuple(window_strides), pads, lhs_dilation)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision=precision,
