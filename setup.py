@@ -33,5 +33,8 @@ setup(
         # workdir and data on a bucket (gs://): orbax's paths need gcsfs, tensorboardX google-cloud-storage
         "gcs": ["gcsfs", "google-cloud-storage"],
         "tf": ["tensorflow-cpu"],  # only for users who want tfds.load instead of tfds.data_source
+        # bench/peers.py only: the PyTorch re-statements of the official MEG / EBM-BB iterations (on a
+        # CPU machine prefer the CPU wheel: pip install torch --index-url https://download.pytorch.org/whl/cpu)
+        "bench": ["torch>=2.1"],
     },
 )
