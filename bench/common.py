@@ -78,6 +78,36 @@ def time_calls(call, min_calls=3, min_seconds=2.0, rounds=3):
     return statistics.median(per_round)
 
 
+def compile_run(trainer, state):
+    """Compile the program Trainer.run calls from step 0 (the several-step one when steps_per_call > 1):
+    (compile seconds, its compiled_figures). The 'gflop' entry is ONE iteration's: XLA's cost analysis
+    counts a loop body once, so it comes from the one-step program, compiled apart when needed."""
+    t0 = time.perf_counter()
+    if trainer.steps_per_call > 1:
+        compiled = trainer.iterations.lower(state, trainer.batches(0, trainer.steps_per_call), trainer.base_key).compile()
+    else:
+        compiled = trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile()
+    compile_s = time.perf_counter() - t0
+    figures = compiled_figures(compiled)   # memory of the program that runs
+    if trainer.steps_per_call > 1:
+        figures["gflop"] = compiled_figures(
+            trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile())["gflop"]
+    return compile_s, figures
+
+
+def seconds_per_iteration(trainer, state, min_seconds, min_calls=3):
+    """Seconds per iteration as the training loop runs it (Trainer.run: host batches, their transfer, the
+    compiled call), after a warm-up; time_calls' median. Consumes `state` (donated)."""
+    box = {"state": state, "step": 0}
+
+    def call():
+        box["state"], _, k = trainer.run(box["state"], box["step"], 10 ** 9)
+        box["step"] += k
+        jax.block_until_ready(box["state"])
+
+    return time_calls(call, min_calls=min_calls, min_seconds=min_seconds) / trainer.steps_per_call
+
+
 def matmul_gflops(shapes=((256, 256, 256), (512, 512, 512), (1024, 1024, 1024))):
     """The best float32 rate of a jitted (m, k) @ (k, n) product over `shapes` (m, k, n), in GFLOP/s,
     measured now."""

@@ -62,10 +62,9 @@ def worker_jax(peer: str, threads: str, min_seconds: float, requested_steps_per_
     _pin(threads)
     if threads == "1":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-    import time
     import jax
     sys.path.insert(0, HERE)
-    from common import compiled_figures, load, matmul_gflops, time_calls
+    from common import compile_run, load, matmul_gflops, seconds_per_iteration
     from ebm_jax import train
     rows = []
     for spec, over, label in JAX_ROWS[peer]:
@@ -75,27 +74,9 @@ def worker_jax(peer: str, threads: str, min_seconds: float, requested_steps_per_
             over["train.steps_per_call"] = requested_steps_per_call
         trainer = train.Trainer(load(spec, over))
         steps_per_call = trainer.steps_per_call
-        state = trainer.init_state()
-        t0 = time.perf_counter()
-        if steps_per_call > 1:
-            compiled = trainer.iterations.lower(state, trainer.batches(0, steps_per_call), trainer.base_key).compile()
-        else:
-            compiled = trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile()
-        compile_s = time.perf_counter() - t0
-        # XLA's cost analysis counts a loop body once, so the FLOPs of one iteration come from the
-        # one-step program (compiled apart when the timed program is the several-step one)
-        if steps_per_call > 1:
-            compiled = trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile()
-        gflop = compiled_figures(compiled)["gflop"]
-        box = {"state": state, "step": 0}
-
-        def call():
-            box["state"], _, k = trainer.run(box["state"], box["step"], 10 ** 9)
-            box["step"] += k
-            jax.block_until_ready(box["state"])
-            return k
-
-        s = time_calls(call, min_seconds=min_seconds) / steps_per_call
+        compile_s, figures = compile_run(trainer, trainer.init_state())
+        gflop = figures["gflop"]
+        s = seconds_per_iteration(trainer, trainer.init_state(), min_seconds)
         row = {"framework": f"jax {jax.__version__}", "peer": peer, "threads": threads, "config": spec,
                "entropy": label, "steps_per_call": steps_per_call, "ms_per_iteration": 1e3 * s,
                "compile_seconds": compile_s, "gflop": gflop}

@@ -23,14 +23,11 @@ device peak MiB (the allocator's peak where the backend reports one: GPU / TPU, 
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import jax  # noqa: E402
-
-from common import (backend_line, compiled_figures, device_peak_mib, load, print_table, random_dataset,  # noqa: E402
-                    time_calls, write_json)
+from common import (backend_line, compile_run, device_peak_mib, load, print_table, random_dataset,  # noqa: E402
+                    seconds_per_iteration, write_json)
 
 METHODS = {"meg": "configs/meg.py", "ebm_bb": "configs/ebm_bb.py", "ebm_0gp": "configs/ebm_0gp.py",
            "wgan_0gp": "configs/wgan_0gp.py", "steincd": "configs/steincd.py", "cd": "configs/steincd.py:cd1",
@@ -87,26 +84,8 @@ def measure(method, size, steps_per_call, min_seconds):
         data = random_dataset((32, 32, 3))
     trainer = train.Trainer(config, data)
     steps_per_call = trainer.steps_per_call
-    state = trainer.init_state()
-    t0 = time.perf_counter()
-    if steps_per_call > 1:
-        compiled = trainer.iterations.lower(state, trainer.batches(0, steps_per_call), trainer.base_key).compile()
-    else:
-        compiled = trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile()
-    compile_s = time.perf_counter() - t0
-    figures = compiled_figures(compiled)   # memory of the program that runs
-    if steps_per_call > 1:
-        # XLA's cost analysis counts a loop body once: the FLOPs of one iteration from the one-step program
-        figures["gflop"] = compiled_figures(
-            trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile())["gflop"]
-    box = {"state": state, "step": 0}
-
-    def call():
-        box["state"], _, k = trainer.run(box["state"], box["step"], 10 ** 9)
-        box["step"] += k
-        jax.block_until_ready(box["state"])
-
-    s = time_calls(call, min_calls=2, min_seconds=min_seconds) / steps_per_call
+    compile_s, figures = compile_run(trainer, trainer.init_state())
+    s = seconds_per_iteration(trainer, trainer.init_state(), min_seconds, min_calls=2)
     gflop = figures["gflop"]
     return {"method": method, "size": size, "config": spec_for(method, size), "networks": describe(config),
             "batch": int(config.data.batch_size), "steps_per_call": steps_per_call,

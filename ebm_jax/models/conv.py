@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jax import lax
 
 SMALL_OUTPUT = 16   # output pixels (H * W) at or below which im2col is used
-STRIDED_IM2COL_ON_CPU = True   # strided convolutions of any size by im2col on the CPU backend
 
 
 def _is_nhwc(dimension_numbers) -> bool:
@@ -96,8 +95,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         out = [(n + p[0] + p[1] - k) // s + 1 for n, p, k, s in zip(in_sizes, pads, rhs.shape[:2], window_strides)]
         if out[0] * out[1] <= SMALL_OUTPUT:
             return _im2col(lhs, rhs, tuple(window_strides), pads, lhs_dilation)
-        if (STRIDED_IM2COL_ON_CPU and jax.default_backend() == "cpu" and any(st > 1 for st in window_strides)
-                and all(d == 1 for d in lhs_dilation)):
+        strided = any(st > 1 for st in window_strides) and all(d == 1 for d in lhs_dilation)
+        if strided and jax.default_backend() == "cpu":
             # lax's strided convolution differentiates into an lhs-dilated one, and that (the input
             # gradient inside a gradient penalty) differentiates into a kernel-dilated one, which
             # XLA:CPU runs slowly: the parameter gradient of ||grad_x E||^2 through a 4x4 stride-2 layer,

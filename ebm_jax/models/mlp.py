@@ -65,19 +65,15 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
     1-Lipschitz, but the energy is still one deterministic, differentiable function of the parameters."""
     w = kernel.reshape(-1, kernel.shape[-1])
     w_sg = jax.lax.stop_gradient(w)
-    tiny = 1e-12
+    unit = lambda a: a / (jnp.linalg.norm(a) + 1e-12)  # noqa: E731
     if min(w.shape) <= 2:
         tall = w.shape[0] >= w.shape[1]       # the Gram matrix of the short side is 1x1 or 2x2
         g = w_sg.T @ w_sg if tall else w_sg @ w_sg.T
         x = jnp.ones((1,), w.dtype) if g.shape[0] == 1 else _top_eigenvector_2x2(g)
         if tall:
-            v = x
-            u = w_sg @ v
-            u = u / (jnp.linalg.norm(u) + tiny)
+            v, u = x, unit(w_sg @ x)
         else:
-            u = x
-            v = w_sg.T @ u
-            v = v / (jnp.linalg.norm(v) + tiny)
+            u, v = x, unit(w_sg.T @ x)
         return u @ w @ v
     v = jnp.full((w.shape[1],), 1.0 / jnp.sqrt(w.shape[1]), w.dtype)
     v = v + 0.01 * jnp.sin(jnp.arange(w.shape[1], dtype=w.dtype))  # not orthogonal to a top vector by symmetry
@@ -86,17 +82,12 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
         # matrix-vector products give, with one product and one normalisation per step instead of two
         gram = w_sg.T @ w_sg
         for _ in range(num_iters):
-            v = gram @ v
-            v = v / (jnp.linalg.norm(v) + tiny)
-        u = w_sg @ v
-        u = u / (jnp.linalg.norm(u) + tiny)
-        return u @ w @ v
+            v = unit(gram @ v)
+        return unit(w_sg @ v) @ w @ v
     w_t = w_sg.T
     for _ in range(num_iters):
-        u = w_sg @ v
-        u = u / (jnp.linalg.norm(u) + tiny)
-        v = w_t @ u
-        v = v / (jnp.linalg.norm(v) + tiny)
+        u = unit(w_sg @ v)
+        v = unit(w_t @ u)
     return u @ w @ v
 
 
