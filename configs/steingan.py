@@ -1,9 +1,12 @@
-"""SteinGAN (Algorithm 2) and SteinCD-GAN(alpha) (--config.method.alpha=A) of Wang & Liu 2017.
+"""SteinGAN (Algorithm 2) and SteinCD-GAN(alpha) (--config.method.alpha=A) of Liu & Wang 2017
+("Learning Deep Energy Models: Contrastive Divergence vs. Amortized MLE").
 
---config=configs/steingan.py[:VARIANT]; the variants and every default, with the reasons, are in
-ebm_jax.methods.stein.make_config.
+Usage: --config=configs/steingan.py[:VARIANT]; the variants and every default, with the reasons, are
+configs/steincd.py's (make_config), shared by the Stein methods.
 """
-from ebm_jax.methods.stein import make_config
+from ebm_jax import configlib
+
+make_config = configlib.load_sibling(__file__, "steincd.py").make_config
 
 
 def get_config(variant: str = ""):

@@ -1,9 +1,12 @@
-"""WGAN-0GP: the paper's baseline, no entropy term (Geng et al. 2021).
+"""WGAN-0GP: the zero-centred-penalty critic and a generator without entropy, the baseline of
+Geng et al. 2021.
 
---config=configs/wgan_0gp.py[:VARIANT]; the variants (25gaussians, 8gaussians, swissroll, checkerboard,
-mnist, paper) and every default, with the reasons, are in ebm_jax.methods.ebm_bb.make_config.
+Usage: --config=configs/wgan_0gp.py[:VARIANT]; the variants and every default, with the reasons, are
+configs/ebm_bb.py's (make_config), shared by the three methods.
 """
-from ebm_jax.methods.ebm_bb import make_config
+from ebm_jax import configlib
+
+make_config = configlib.load_sibling(__file__, "ebm_bb.py").make_config
 
 
 def get_config(variant: str = ""):

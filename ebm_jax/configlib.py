@@ -18,6 +18,9 @@ def base_config() -> ml_collections.ConfigDict:
         "num_train": 100_000,    # toys: points generated for training (the MEG reference uses 100k)
         "num_test": 10_000,      # toys: held-out points for the NLL
         "test_fraction": 0.1,    # data.path: fraction held out
+        # data.path vectors (N, D): 'none', 'standardize' (zero mean, unit std per feature) or 'minmax'
+        # ([-1, 1] per feature), by the training rows' statistics; images are always scaled to [-1, 1]
+        "scaling": "none",
         "batch_size": 256,       # global batch, split over all devices
         "num_stacks": 3,         # stacked_mnist: 3 or 4 MNIST digits as channels (MEG Sec. 4.2)
         "anomaly_digit": 1,      # mnist_anomaly: the digit held out as the anomaly class (MEG Table 4)
@@ -32,9 +35,16 @@ def base_config() -> ml_collections.ConfigDict:
         # what the image networks (kinds dcgan, resnet, meg_mnist, conv) compute in: 'auto' = bfloat16 on
         # GPU / TPU and float32 on CPU, or 'float32' / 'bfloat16'; parameters stay float32 (models.precision)
         "compute_dtype": "auto",
-        "energy": {"hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False},
-        "generator": {"hidden": (128, 128, 128), "activation": "relu"},
-        "statistics": {"hidden": (128, 128, 128), "activation": "leaky_relu"},
+        # 'auto' | 'native' | 'cpu': the CPU rewrites of convolutions, critic loops, the SVGD median and
+        # explicit Jacobians on a CPU only ('auto'), never, or always (ebm_jax/kernels.py)
+        "kernels": "auto",
+        # kind: the network family (ebm_jax/models: build_energy, build_generator, build_statistics)
+        # quadratic q > 0 adds q ||x||^2 to an MLP energy: a Gaussian base measure that keeps exp(-E)
+        # integrable and its mass near the data where nothing else constrains the network
+        "energy": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False,
+                   "quadratic": 0.0},
+        "generator": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "relu"},
+        "statistics": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu"},
     })
 
     c.optim = ml_collections.ConfigDict({"name": "adam", "lr": 1e-4, "b1": 0.5, "b2": 0.9, "grad_clip": 0.0,
@@ -54,10 +64,19 @@ def base_config() -> ml_collections.ConfigDict:
         # multiples of it (else single steps fill the gaps). Real-data variants set 1: their iterations
         # are long, and a second, single-step program would double their compile time.
         "steps_per_call": 10,
+        # independent replicas trained together in one compiled program (the iteration vmapped over a
+        # leading seed axis of the state): replica i is the run of train.seed + i, all replicas see the
+        # same batches; evaluation reports every metric per replica and as mean +- std
+        "num_seeds": 1,
+        # read and transfer the next call's batches in a background thread while the current one computes
+        "prefetch": True,
     })
 
     c.eval = ml_collections.ConfigDict({
         "grid_size": 300,          # 2-D data: grid points per side over [-extent, extent]^2
+        # 2-D data: half-width of the grid that log Z, NLL and KL are computed on, at the same cell size
+        # (0 = twice the data's extent); models can put mass outside the plotted square
+        "grid_extent": 0.0,
         "num_samples": 2500,       # generator / MCMC samples for mode and quality metrics
         "mode_min_count": 5,       # a mode is covered with at least this many high-quality samples
         "mcmc": True,              # also evaluate MCMC samples (config.sampling)
@@ -115,6 +134,8 @@ def validate(config) -> None:
                               "optim, train, eval and sampling (see ebm_jax/configlib.py).")
     if "steps_per_call" in config.train:
         check_positive(config, "train.steps_per_call", integer=True)
+    if "num_seeds" in config.train:
+        check_positive(config, "train.num_seeds", integer=True)
     for path in ("data.batch_size", "data.num_train", "data.num_test", "train.log_every",
                  "train.checkpoint_every", "train.max_to_keep", "eval.grid_size", "eval.num_samples",
                  "sampling.num_samples", "model.latent_dim"):
@@ -123,9 +144,16 @@ def validate(config) -> None:
         check_positive(config, path, integer=True, allow_zero=True)
     for path in ("optim.lr", "sampling.step_size", "sampling.temperature"):
         check_positive(config, path)
+    if "grid_extent" in config.eval:
+        check_positive(config, "eval.grid_extent", allow_zero=True)
+    _check_optimizer(config, ConfigError)
+    _check_widths(config, ConfigError)
     if config.model.get("prior", "gaussian") not in PRIORS:
         raise ConfigError(f"config.model.prior={config.model.prior!r} is invalid; valid priors are {list(PRIORS)}.")
     _check_compute_dtype(config, ConfigError)
+    from ebm_jax.kernels import KERNELS
+    if config.model.get("kernels", "auto") not in KERNELS:
+        raise ConfigError(f"config.model.kernels={config.model.kernels!r} is invalid; valid values are {list(KERNELS)}.")
     if config.sampling.space not in SPACES:
         raise ConfigError(f"config.sampling.space={config.sampling.space!r} is invalid; valid spaces are {list(SPACES)}.")
     # image-metric fields (a missing classifier file, a bad 'module:function'): fail before training
@@ -134,6 +162,38 @@ def validate(config) -> None:
     tf = config.data.test_fraction
     if not isinstance(tf, (int, float)) or not 0.0 <= tf < 1.0:
         raise ConfigError(f"config.data.test_fraction={tf!r} is invalid; it must be in [0, 1).")
+
+
+def _check_optimizer(config, error) -> None:
+    """Adam's betas in [0, 1), a gradient-clipping norm >= 0 (0 = off)."""
+    from ebm_jax.methods.base import check_positive
+    for beta in ("b1", "b2"):
+        if beta in config.optim:
+            v = config.optim[beta]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < 1.0:
+                raise error(f"config.optim.{beta}={v!r} is invalid; Adam's decay rates must be in [0, 1).")
+    if "grad_clip" in config.optim:
+        check_positive(config, "optim.grad_clip", allow_zero=True)
+
+
+def _check_widths(config, error) -> None:
+    """Every network's hidden widths are positive integers; an MLP has at least one hidden layer."""
+    for role in ("energy", "generator", "statistics", "inference"):
+        net = config.model.get(role)
+        if not isinstance(net, ml_collections.ConfigDict):
+            continue
+        for field in ("hidden", "encoder_hidden"):
+            if field not in net:
+                continue
+            v = net[field]
+            widths = tuple(v) if isinstance(v, (tuple, list)) else None
+            ok = widths is not None and all(isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths)
+            if not ok:
+                raise error(f"config.model.{role}.{field}={v!r} is invalid; it must be a tuple of positive integer "
+                            "widths, e.g. (128, 128).")
+            if not widths and net.get("kind", "mlp") == "mlp" and field == "hidden":
+                raise error(f"config.model.{role}.{field}=() is invalid: an MLP needs at least one hidden layer; give "
+                            "a tuple of positive widths, e.g. (128, 128).")
 
 
 def _check_compute_dtype(config, error) -> None:
@@ -150,24 +210,37 @@ def _check_compute_dtype(config, error) -> None:
                     "so use 'auto' or 'float32'.")
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Python equivalent of --config=PATH[:VARIANT], e.g. load_config("configs/meg.py:swissroll")."""
+def load_module(path: str):
+    """The config file at `path` as a module (what --config executes)."""
     import importlib.util
     import os
-    path, _, variant = str(spec).partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist; give a path such as configs/meg.py.")
-    module_spec = importlib.util.spec_from_file_location(f"_ebm_config_{abs(hash(path))}", path)
+    module_spec = importlib.util.spec_from_file_location(f"_ebm_config_{abs(hash(os.path.abspath(path)))}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(variant)
+    return module
+
+
+def load_sibling(config_file: str, name: str):
+    """The config file `name` beside `config_file` (a config's __file__) as a module: configs that share
+    one method's settings (configs/ebm_0gp.py uses configs/ebm_bb.py's make_config) load it by path, so
+    they work from any working directory."""
+    import os
+    return load_module(os.path.join(os.path.dirname(os.path.abspath(config_file)), name))
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Python equivalent of --config=PATH[:VARIANT], e.g. load_config("configs/meg.py:swissroll")."""
+    path, _, variant = str(spec).partition(":")
+    return load_module(path).get_config(variant)
 
 
 # ---------------------------------------------------------------------------------------------
 # Real-data variants shared by every method's config (:mnist, :stacked_mnist, :cifar10, :celeba, :kdd,
 # :mnist_anomaly). The common ground is MEG's official settings for each dataset (its
 # scripts/train/*.py: z 128, networks of width 512 / the DCGAN family, batch 64; KDD: z 32, batch 256,
-# 55 epochs); each method's make_config then applies its own paper's hyper-parameters on top.
+# 55 epochs); each method's config file then applies its own paper's hyper-parameters on top.
 # ---------------------------------------------------------------------------------------------
 
 DATA_VARIANTS = ("mnist", "stacked_mnist", "cifar10", "celeba", "kdd", "mnist_anomaly")

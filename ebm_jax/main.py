@@ -17,9 +17,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ebm_jax import parallel, train
+from ebm_jax import api, parallel, train
 from ebm_jax.checkpointing import CheckpointError
 from ebm_jax.data import DataError
+from ebm_jax.evaluation.model_eval import format_metrics
 from ebm_jax.methods.base import ConfigError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/meg.py:swissroll.",
@@ -90,11 +91,11 @@ def main(argv):
                 raise app.UsageError("--config is required for --mode=train, e.g. --config=configs/meg.py.")
             train.train_and_evaluate(config, _WORKDIR.value)
         elif _MODE.value == "eval":
-            metrics = train.evaluate(_WORKDIR.value, config, _STEP.value)
+            step, metrics = api.evaluate_checkpoint(_WORKDIR.value, config, _STEP.value)
             if jax.process_index() == 0:  # the same metrics on every process: print them once
-                print({k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()})
+                print(f"step {step}: {format_metrics(metrics)}")
         else:
-            path = train.sample(_WORKDIR.value, config, _STEP.value)
+            path = api.sample_checkpoint(_WORKDIR.value, config, _STEP.value)
             if jax.process_index() == 0:
                 print(path)
     except train.TrainingInterrupted as e:
@@ -123,5 +124,57 @@ def main(argv):
         _exit(1, multiprocess)
 
 
+def _fail(message: str):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _config_spec(argv):
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _check_overrides(config, argv):
+    """Every --config.a.b=value names a field the config has, else one sentence with the valid ones."""
+    import difflib
+    for arg in argv:
+        if not arg.startswith("--config.") or arg.startswith("--config.") is False:
+            continue
+        path = arg[len("--config."):].split("=", 1)[0]
+        node, walked = config, []
+        for part in path.split("."):
+            fields = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in fields:
+                where = ".".join(walked) or "the config"
+                close = difflib.get_close_matches(part, fields, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                sub = f"config.{where}" if walked else where
+                _fail(f"--config.{path}: {sub} has no field {part!r}{hint}; its fields are {sorted(fields)}.")
+            node = node[part]
+            walked.append(part)
+
+
+def _parse_flags(argv):
+    """absl's flag parsing, with the mistakes a user makes in --config and its overrides reported in one
+    sentence (exit status 2) instead of a traceback: a missing config file, an unknown variant, a field
+    the config does not have, a value of the wrong type."""
+    from ebm_jax import configlib
+    spec = _config_spec(argv[1:])
+    if spec:
+        try:
+            config = configlib.load_config(spec)
+        except (ValueError, FileNotFoundError, ConfigError) as e:
+            _fail(str(e))
+        _check_overrides(config, argv[1:])
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).strip().splitlines()[0] + "; give a value of the field's type (see the config file).")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)

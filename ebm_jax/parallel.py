@@ -29,8 +29,29 @@ class DistributedError(RuntimeError):
     """The processes of a multi-process run cannot start together (flags, addresses, a missing peer)."""
 
 
-def make_mesh() -> Mesh:
-    return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def make_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over `devices` (default: every device of every process) along DATA_AXIS, laid out by
+    jax.make_mesh for the topology (TPU slices: the ring order of the interconnect). Auto axis types:
+    shardings are constraints for XLA to propagate, not part of the arrays' types."""
+    devices = list(jax.devices() if devices is None else devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def shard_rows(x, axis: int = 0):
+    """x with its axis `axis` split over the data axis of the mesh the program is traced under
+    (Trainer traces inside jax.set_mesh), so that every per-example computation that follows runs on
+    each device's share only: random draws made inside the program (z, noise, probes) are otherwise
+    replicated, and everything computed from them runs in full on every device. The identity outside
+    a mesh, on one device, or when the axis does not split evenly."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return x
+    n = mesh.shape[DATA_AXIS]
+    if n == 1 or x.shape[axis] % n:
+        return x
+    spec = [None] * x.ndim
+    spec[axis] = DATA_AXIS
+    return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -217,4 +238,5 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 def preemption_service_active() -> bool:
     """Whether JAX's preemption sync manager runs (a multi-process runtime with the preemption service
     on, JAX's default): it then owns SIGTERM and agrees with the other processes on a step to stop at."""
-    return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
+    # the flag exists from jax 0.8.2; before it the service always ran with the multi-process runtime
+    return jax.distributed.is_initialized() and bool(getattr(jax.config, "jax_enable_preemption_service", True))

@@ -1,27 +1,27 @@
 """train_and_evaluate(config, workdir): the one training loop every method shares.
 
-The loop knows nothing of the method: it asks the registry for one, then only calls its init,
-train_step, energy, generate and sample. One iteration of a method (all its inner updates) is one
+The loop knows nothing of the method: it asks the registry for one, then only calls its init and
+train_step, and hands the parameters to the evaluation (ebm_jax.evaluation.model_eval). One iteration of a method (all its inner updates) is one
 jit-compiled call with the state donated; the rng of iteration s is fold_in(key, s) and its data batch
 is a function of s alone, so a resumed run reproduces an uninterrupted one exactly.
 """
-import io
-import json
 import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ebm_jax import checkpointing, configlib, evaluation, parallel
+from ebm_jax import checkpointing, configlib, evaluation, kernels, parallel
 from ebm_jax.data import get_dataset
-from ebm_jax.estimators import singular_values
+from ebm_jax.evaluation.model_eval import (evaluate_replicas, format_metrics, make_writer, ood_evaluation_data,
+                                           write_eval_scalars, write_json_atomic)
 from ebm_jax.methods import get_method
 from ebm_jax.methods.base import ConfigError
+from ebm_jax.state import host_step, init_full_state, num_seeds
 
 
 def _say(msg: str) -> None:
@@ -34,16 +34,10 @@ class NonFiniteLossError(FloatingPointError):
     """A training loss became NaN or infinite."""
 
 
-def init_full_state(method, key):
-    """The method's state plus the loop's own entries: the step, and the first step whose loss was
-    non-finite (-1 while none was)."""
-    return {"step": jnp.zeros((), jnp.int32), "bad_step": jnp.full((), -1, jnp.int32), **method.init(key, None)}
-
-
 class Trainer:
     """Compiled iteration, state initialisation and batching for one config and dataset."""
 
-    def __init__(self, config, dataset=None):
+    def __init__(self, config, dataset=None, devices=None):
         configlib.validate(config)
         self.config = config
         self.dataset = dataset if dataset is not None else get_dataset(config.data)
@@ -51,16 +45,28 @@ class Trainer:
         if config.eval.get("ood_data_dir", ""):
             # fail before training, not at the final evaluation, when the OOD set is missing or of another shape
             ood_evaluation_data(config, self.dataset)
-        self.mesh = parallel.make_mesh()
+        self.mesh = parallel.make_mesh(devices)
         self.num_devices = self.mesh.devices.size
         self.batch_size = int(config.data.batch_size)
         if self.batch_size % self.num_devices:
+            n = self.num_devices
+            below, above = self.batch_size // n * n, (self.batch_size // n + 1) * n
+            sizes = f"{below} or {above}" if below else f"{above}"
             raise ConfigError(
-                f"config.data.batch_size={self.batch_size} does not split over {self.num_devices} devices; "
-                f"use a multiple of {self.num_devices}.")
+                f"config.data.batch_size={self.batch_size} does not split over {n} devices; use a multiple of {n}, "
+                f"e.g. {sizes} ({self.batch_size / n:g} rows a device does not divide).")
         self.replicated = parallel.replicated(self.mesh)
         self.batch_sharding = parallel.batch_sharding(self.mesh, batch_axis=1)
-        self.base_key = jax.random.PRNGKey(int(config.train.seed))
+        # train.num_seeds = S > 1: S independent replicas in one program, the iteration vmapped over a
+        # leading seed axis of the state. Replica i is the run of train.seed + i (its init and step keys);
+        # all replicas see the same batches (the data order is data.seed's). S = 1 is the plain program.
+        self.kernels = kernels.of(config)   # which implementation of the CPU-rewritten operations (ebm_jax.kernels)
+        self.num_seeds = num_seeds(config)
+        seed = int(config.train.seed)
+        if self.num_seeds == 1:
+            self.base_key = jax.random.PRNGKey(seed)
+        else:
+            self.base_key = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(self.num_seeds)])
         # traces of the one-step and the several-step program: each must stay at most 1 (no retracing)
         self.traces = {"single": 0, "multi": 0}
         self.iteration = jax.jit(
@@ -71,6 +77,9 @@ class Trainer:
         # spend most of an iteration in Python dispatch otherwise); the same numbers as K single calls
         self.steps_per_call = int(config.train.get("steps_per_call", 1))
         self.multi_batch_sharding = parallel.batch_sharding(self.mesh, batch_axis=2)
+        # the next call's input, read by a background thread (train.prefetch)
+        self._prefetch = {} if bool(config.train.get("prefetch", True)) else None
+        self._executor = None
         self.iterations = jax.jit(
             self._iterations, donate_argnums=0,
             in_shardings=(self.replicated, self.multi_batch_sharding, self.replicated),
@@ -82,26 +91,42 @@ class Trainer:
 
     # -- state --
     def _init_state(self, key):
+        if self.num_seeds > 1:
+            return jax.vmap(lambda k: init_full_state(self.method, k))(key)
         return init_full_state(self.method, key)
 
+    def _init_keys(self):
+        # init key, distinct from every step key (of each replica)
+        if self.num_seeds > 1:
+            return jax.vmap(lambda k: jax.random.fold_in(k, 0x1417))(self.base_key)
+        return jax.random.fold_in(self.base_key, 0x1417)
+
     def init_state(self):
-        key = jax.random.fold_in(self.base_key, 0x1417)  # init key, distinct from every step key
-        return jax.jit(self._init_state, out_shardings=self.replicated)(key)
+        with kernels.use(self.kernels):
+            return jax.jit(self._init_state, out_shardings=self.replicated)(self._init_keys())
 
     def abstract_state(self):
-        shapes = jax.eval_shape(self._init_state, self.base_key)
+        with kernels.use(self.kernels):
+            shapes = jax.eval_shape(self._init_state, self._init_keys())
         return jax.tree_util.tree_map(
             lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
 
     # -- one iteration --
+    def _seeded_step(self, state, batch, base_key):
+        """One iteration of every replica: _step itself, or vmapped over the seed axis (state and keys;
+        the batch is shared)."""
+        if self.num_seeds > 1:
+            return jax.vmap(self._step, in_axes=(0, None, 0))(state, batch, base_key)
+        return self._step(state, batch, base_key)
+
     def _iteration(self, state, batch, base_key):
         self.traces["single"] += 1
-        return self._step(state, batch, base_key)
+        return self._seeded_step(state, batch, base_key)
 
     def _iterations(self, state, batches, base_key):
         """len(batches) iterations in one program; metrics come back stacked, (K,) per entry."""
         self.traces["multi"] += 1
-        return jax.lax.scan(lambda st, b: self._step(st, b, base_key), state, batches)
+        return jax.lax.scan(lambda st, b: self._seeded_step(st, b, base_key), state, batches)
 
     def _step(self, state, batch, base_key):
         key = jax.random.fold_in(base_key, state["step"])
@@ -144,130 +169,53 @@ class Trainer:
                 return 1
         return k
 
+    def _input(self, step: int, k: int):
+        """The device batch(es) of the call (step, k)."""
+        return self.batch(step) if k == 1 else self.batches(step, k)
+
     def run(self, state, step: int, end: int):
-        """One call from `step`: (state, metrics, number of iterations run)."""
+        """One call from `step`: (state, metrics, number of iterations run).
+
+        With train.prefetch (default), the next call's batches are read and transferred by a background
+        thread while this call computes: they are a function of (data seed, step) alone, so a resumed
+        run reads the same ones, and a prefetch that does not match the call asked for is discarded."""
         k = self.chunk(step, end)
-        if k == 1:
-            state, metrics = self.iteration(state, self.batch(step), self.base_key)
-        else:
-            state, metrics = self.iterations(state, self.batches(step, k), self.base_key)
+        pending = self._prefetch.pop((step, k), None) if self._prefetch is not None else None
+        if self._prefetch is not None:
+            self._prefetch.clear()   # a prefetch for another call (e.g. after a change of end) is stale
+        batch = pending.result() if pending is not None else self._input(step, k)
+        nxt = step + k
+        if self._prefetch is not None and nxt < end:
+            k_next = self.chunk(nxt, end)
+            self._prefetch[(nxt, k_next)] = self._pool().submit(self._input, nxt, k_next)
+        # traced under the mesh (methods shard their per-example work) and the kernels choice
+        with jax.set_mesh(self.mesh), kernels.use(self.kernels):
+            if k == 1:
+                state, metrics = self.iteration(state, batch, self.base_key)
+            else:
+                state, metrics = self.iterations(state, batch, self.base_key)
         return state, metrics, k
 
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ebm_jax_input")
+        return self._executor
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation shared by training, --mode=eval and ebm_jax.load
-# ---------------------------------------------------------------------------------------------
+    def close(self):
+        """Stops the input thread (waiting for a batch it is reading)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        if self._prefetch is not None:
+            self._prefetch.clear()
 
-def evaluate_model(method, params, dataset, config, key, picture: bool = True):
-    """Metrics dict and a PNG (2-D data: density and samples; images: a grid of samples).
-
-    params: method.inference_params(state). picture=False skips drawing the PNG (None instead): the
-    processes other than 0 of a multi-process run compute the metrics but write nothing."""
-    energy_fn = jax.jit(lambda x: method.energy(params, x))
-    n = int(config.eval.num_samples)
-    k_gen, k_mcmc = jax.random.split(key)
-    samples = {}
-    if method.has_generator:
-        samples["generator"] = np.asarray(method.sample(params, k_gen, n)[0])
-    if hasattr(method, "reconstruct"):  # methods with an inference model: held-out data and g(mu(x))
-        held_out = dataset.test[:n]
-        if len(dataset.shape) == 3:
-            samples["test"] = held_out
-        samples["reconstruction"] = np.asarray(jax.jit(method.reconstruct)(params, held_out))
-    # the held-out set is split over the processes and the per-example energies gathered, so that
-    # every process reports the same metrics, computed over all of it
-    test_energy = parallel.map_rows(lambda x: evaluation.toy2d.batched(energy_fn, x), dataset.test)
-    metrics: Dict[str, Any] = {"test_energy": float(np.mean(test_energy))}
-    log_z = method.log_partition(params)
-    if log_z is not None:
-        # exact: log p(x) = -E(x) - log Z (SteinGAN Sec. 5.1's RBM); per example, in nats
-        metrics["log_partition_exact"] = float(log_z)
-        metrics["test_log_likelihood"] = float(-np.mean(test_energy) - float(log_z))
-    s = config.sampling
-    if (config.eval.mcmc or not method.has_generator) and s.mcmc_steps > 0:
-        x, rate = jax.jit(lambda k: method.sample(params, k, n, s.mcmc_steps, s.step_size, s.space,
-                                                  s.temperature, s.include_prior))(k_mcmc)
-        samples["mcmc"] = np.asarray(x)
-        metrics["mcmc/acceptance_rate"] = float(rate)
-    metrics.update(method.extra_metrics(params, dataset, config))
-    if config.eval.get("ood_data_dir", ""):
-        metrics.update(ood_evaluation(method, params, dataset, config))
-    if dataset.test_labels is not None:
-        metrics.update(anomaly_evaluation(method, params, dataset))
-    # image data: classifier Fréchet distance, StackedMNIST modes, IS / FID, as config.eval asks
-    metrics.update(evaluation.image_metrics.evaluate_image_samples(
-        samples, dataset, config.eval, key=jax.random.fold_in(key, 11),
-        generate=(lambda k, m: method.sample(params, k, m)[0]) if method.has_generator else None))
-    if method.has_generator:
-        # capacity usage C_z (EBM-BB Eq. 21), comparable across every method with a generator
-        z = method.prior(jax.random.fold_in(key, 7), min(n, 256))
-        metrics["generator/anisotropy"] = float(jnp.mean(jax.jit(jax.vmap(
-            lambda zz: singular_values.anisotropy_index(lambda q: method.generate(params, q[None])[0], zz)))(z)))
-    png = None
-    if len(dataset.shape) == 3 and picture:
-        png = evaluation.image_grid_png(samples, f"{method.name} on {dataset.name}")
-    if dataset.is_2d and dataset.extent:
-        m, log_p = evaluation.evaluate_2d(energy_fn, dataset, config.eval, 1.0, samples)
-        metrics.update(m)
-        title = f"{method.name} on {dataset.name}"
-        if "kl_data_model" in m:
-            title += f"  KL(data||model)={m['kl_data_model']:.3f}"
-        if picture:
-            png = evaluation.plot_2d(dataset, log_p, samples, title)
-    return metrics, png, samples
-
-
-def ood_evaluation_data(config, dataset):
-    """The test split in config.eval.ood_data_dir, checked against the model's data shape."""
-    from ebm_jax.data import DataError, images
-    from ebm_jax.methods.base import check_positive
-    check_positive(config, "eval.num_ood", integer=True)
-    ood = images.load_idx_split(str(config.eval.ood_data_dir), "test", field="eval.ood_data_dir")
-    if ood.shape[1:] != dataset.shape:
-        raise DataError(f"eval.ood_data_dir holds images of shape {ood.shape[1:]}, but the model's data have shape "
-                        f"{dataset.shape}; give an out-of-distribution set of the same shape.")
-    return ood
-
-
-def ood_evaluation(method, params, dataset, config):
-    """AUROC / AUPRC / FPR80 of telling config.eval.ood_data_dir's test images (positives) from the
-    model's own test split, scored by the energy and by the score norm ||grad_x E(x)||."""
-    ood = ood_evaluation_data(config, dataset)
-    n = int(config.eval.num_ood)
-    out = {}
-    for kind in ("energy", "score_norm"):
-        score = jax.jit(lambda x: method.anomaly_score(params, x, kind))
-        s_in = parallel.map_rows(lambda x: evaluation.toy2d.batched(score, x, chunk=1000), dataset.test[:n])
-        s_out = parallel.map_rows(lambda x: evaluation.toy2d.batched(score, x, chunk=1000), ood[:n])
-        out.update(evaluation.anomaly.ood_metrics(s_in, s_out, f"ood_{kind}"))
-    return out
-
-
-def anomaly_evaluation(method, params, dataset):
-    """Anomaly detection on a test split with labels (1 = anomaly; MNIST with a held-out digit, KDD99),
-    scored by the energy and by the score norm ||grad_x E(x)|| as MEG Sec. 4.4 does: AUPRC (MEG Table 4),
-    AUROC, and precision / recall / F1 when the highest-scoring `flagged_fraction` of the test rows is
-    flagged (MEG Table 3's KDD protocol; the anomalies' own share when the dataset sets none)."""
-    labels = np.asarray(dataset.test_labels)
-    fraction = dataset.flagged_fraction or float(np.mean(labels))
-    out = {}
-    for kind in ("energy", "score_norm"):
-        score = jax.jit(lambda x: method.anomaly_score(params, x, kind))
-        s = parallel.map_rows(lambda x: evaluation.toy2d.batched(score, x, chunk=1000), dataset.test)
-        normal, anomalous = s[labels == 0], s[labels == 1]
-        p, r, f1 = evaluation.anomaly.precision_recall_f1(s, labels, fraction)
-        out.update({f"anomaly_{kind}/auprc": evaluation.anomaly.auprc(normal, anomalous),
-                    f"anomaly_{kind}/auroc": evaluation.anomaly.auroc(normal, anomalous),
-                    f"anomaly_{kind}/precision": p, f"anomaly_{kind}/recall": r, f"anomaly_{kind}/f1": f1})
-    return out
-
-
-def _eval_key(config, step):
-    return jax.random.fold_in(jax.random.PRNGKey(int(config.train.seed) + 1), int(step))
-
-
-def write_json_atomic(path, obj):
-    evaluation.write_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
+    def lower(self, state, k: int = 1):
+        """The compiled program of k iterations from step 0 (for benchmarks: cost and memory analyses)."""
+        with jax.set_mesh(self.mesh), kernels.use(self.kernels):
+            if k == 1:
+                return self.iteration.lower(state, self.batch(0), self.base_key).compile()
+            return self.iterations.lower(state, self.batches(0, k), self.base_key).compile()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,13 +262,6 @@ class TrainingInterrupted(Exception):
         self.signum, self.step = signum, step
 
 
-def _make_writer(workdir):
-    if jax.process_index() != 0:
-        return None
-    from tensorboardX import SummaryWriter  # writes event files without TensorFlow
-    return SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
-
-
 def _progress(config, start, total):
     if jax.process_index() != 0 or not config.train.progress_bar:
         return None
@@ -330,12 +271,16 @@ def _progress(config, start, total):
 
 
 def _check_finite(state, manager, workdir):
-    bad = int(jax.device_get(state["bad_step"]))
-    if bad >= 0:
+    bad = np.atleast_1d(np.asarray(jax.device_get(state["bad_step"])))
+    if np.any(bad >= 0):
         last = manager.latest_step()
         kept = (f"the last good checkpoint (step {last}) in {checkpointing.checkpoint_dir(workdir)} is kept"
                 if last is not None else "no checkpoint had been saved yet")
-        raise NonFiniteLossError(f"the training loss became non-finite at step {bad}; {kept}; lower optim.lr "
+        where = f"step {int(np.min(bad[bad >= 0]))}"
+        if bad.size > 1:
+            where += f" (replica{'s' if np.sum(bad >= 0) > 1 else ''} {', '.join(map(str, np.flatnonzero(bad >= 0)))} " \
+                     f"of train.num_seeds={bad.size})"
+        raise NonFiniteLossError(f"the training loss became non-finite at {where}; {kept}; lower optim.lr "
                                  "or check the data for extreme values.")
 
 
@@ -351,7 +296,7 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
     """
     trainer = Trainer(config, dataset)
     workdir = checkpointing.absolute(workdir)
-    checkpointing.makedirs(workdir)
+    checkpointing.prepare_workdir(workdir)
     manager = checkpointing.make_manager(workdir, int(config.train.max_to_keep))
     method, num_steps = trainer.method, int(config.train.num_steps)
 
@@ -365,16 +310,31 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
     preempted_at_start = coordinated and manager.reached_preemption(latest or 0)
     if latest is not None:
         saved = checkpointing.restore_json(manager, latest)
+        checkpointing.check_config_compatible(saved["config"], config, workdir)
         checkpointing.check_meta(saved["meta"], current_meta, workdir)
-        state = checkpointing.restore_state(manager, latest, trainer.abstract_state())
+        try:
+            state = checkpointing.restore_state(manager, latest, trainer.abstract_state(),
+                                                saved["meta"].get("checksums"))
+        except checkpointing.CheckpointError as e:
+            # Fields that shape the state (the optimiser's, the networks', the method's, the replicas):
+            # a difference there, not corruption, is then the likely reason; other fields (steps, eval,
+            # sampling) cannot make a checkpoint unreadable.
+            diffs = [d for d in checkpointing.config_differences(saved["config"], config, limit=100)
+                     if d.startswith(("optim.", "model.", "method.", "train.num_seeds", "data.batch_size"))][:3]
+            if "unreadable" in str(e) and diffs:  # most likely not corruption but another config
+                raise checkpointing.CheckpointError(
+                    f"{workdir} holds a checkpoint of step {latest} that this config cannot restore (it differs in "
+                    f"{'; '.join(diffs)}); resume with the checkpoint's values, or start afresh in another "
+                    "--workdir.") from e
+            raise
         _say(f"resumed from step {latest} in {workdir}")
-    start = int(jax.device_get(state["step"]))
+    start = host_step(state)
     if start > num_steps:
         raise ConfigError(f"{workdir} already holds step {start}, beyond config.train.num_steps={num_steps}; "
                           "raise train.num_steps or use another workdir.")
 
     end = num_steps if stop_after is None else min(num_steps, max(start, int(stop_after)))
-    writer = _make_writer(workdir)
+    writer = make_writer(workdir)
     bar = _progress(config, start, num_steps)
     pending, last_saved, t_log = [], latest, time.time()
 
@@ -391,13 +351,12 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
         # host copies of the replicated parameters: every process evaluates on its own first device
         # (the held-out set split between the processes), not with arrays that span all processes
         params = jax.device_get(method.inference_params(state))
-        metrics, png, _ = evaluate_model(method, params, trainer.dataset, config, _eval_key(config, step_now),
-                                         picture=jax.process_index() == 0)
+        with kernels.use(trainer.kernels):
+            metrics, png = evaluate_replicas(method, params, trainer.dataset, config, step_now, trainer.num_seeds)
         if jax.process_index() != 0:
             return metrics
         if writer is not None:
-            for k, v in metrics.items():
-                writer.add_scalar(f"eval/{k}", v, step_now)
+            write_eval_scalars(writer, metrics, step_now)
             if png is not None:
                 writer.add_image("eval/density", evaluation.png_to_array(png), step_now, dataformats="HWC")
             writer.flush()
@@ -458,19 +417,19 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
                     raise TrainingInterrupted(stop.signum or signal.SIGTERM, done)
                 step = done
             if end < num_steps:  # stop_after: a planned early stop
-                save(int(jax.device_get(state["step"])))
+                save(host_step(state))
                 return state
-            final_step = int(jax.device_get(state["step"]))
+            final_step = host_step(state)
             _check_finite(state, manager, workdir)
             save(final_step)
             if bar is not None:
                 bar.close()
                 bar = None
             metrics = run_eval(final_step, final=True)
-            _say(f"step {final_step}: " + ", ".join(
-                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(metrics.items())))
+            _say(f"step {final_step}: " + format_metrics(metrics))
             _say("wrote " + " and ".join(written))
     finally:
+        trainer.close()
         if bar is not None:
             bar.close()
         if writer is not None:
@@ -480,47 +439,3 @@ def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[
     return state
 
 
-def evaluate(workdir: str, config=None, step: Optional[int] = None):
-    """--mode=eval: metrics of a checkpoint written to workdir/eval/ as JSON and TensorBoard scalars."""
-    from ebm_jax import api  # here, not at the top: api imports this module
-    model = api.load(workdir, step=step, config_overrides=config)
-    dataset = get_dataset(model.config.data)
-    metrics, png, _ = evaluate_model(model.method, model.params, dataset, model.config,
-                                     _eval_key(model.config, model.step), picture=jax.process_index() == 0)
-    if jax.process_index() != 0:  # a multi-process eval: every process computed the same metrics
-        return metrics
-    out = os.path.join(checkpointing.absolute(workdir), "eval")
-    checkpointing.makedirs(out)
-    write_json_atomic(os.path.join(out, f"metrics_step{model.step}.json"), {"step": model.step, **metrics})
-    if png is not None:
-        evaluation.write_atomic(os.path.join(out, f"density_step{model.step}.png"), png)
-    writer = _make_writer(workdir)
-    if writer is not None:
-        for k, v in metrics.items():
-            writer.add_scalar(f"eval/{k}", v, model.step)
-        writer.close()
-    return metrics
-
-
-def sample(workdir: str, config=None, step: Optional[int] = None):
-    """--mode=sample: samples of a checkpoint written to workdir/samples/ as .npz and a picture."""
-    from ebm_jax import api  # here, not at the top: api imports this module
-    model = api.load(workdir, step=step, config_overrides=config)
-    s = model.config.sampling
-    key = jax.random.fold_in(jax.random.PRNGKey(int(model.config.train.seed) + 2), model.step)
-    x, rate = model.sample(key, int(s.num_samples), return_acceptance=True)
-    x = np.asarray(x)
-    out = os.path.join(checkpointing.absolute(workdir), "samples")
-    base = os.path.join(out, f"samples_step{model.step}")
-    if jax.process_index() != 0:  # a multi-process run: process 0 writes the (identical) samples
-        return base + ".npz"
-    checkpointing.makedirs(out)
-    buf = io.BytesIO()
-    np.savez(buf, x=x, acceptance_rate=np.asarray(rate), step=np.asarray(model.step))
-    evaluation.write_atomic(base + ".npz", buf.getvalue())
-    if x.ndim == 2 and x.shape[1] == 2:
-        extent = get_dataset(model.config.data).extent if not model.config.data.path else None
-        title = (f"{model.method.name}: {len(x)} samples, {s.mcmc_steps} MALA steps in {s.space} space "
-                 f"(acceptance {float(rate):.2f})")
-        evaluation.write_atomic(base + ".png", evaluation.plot_samples_2d(x, extent, title))
-    return base + ".npz"

@@ -5,21 +5,27 @@
 #
 # Usage: launch/tpu_pod.sh --name NAME --zone ZONE [--accelerator TYPE] [--version RUNTIME]
 #                          [--project PROJECT] [--spot] [--data_dir gs://...] [--skip_setup] [--detach]
-#                          [--dry-run] CONFIG WORKDIR [FLAGS...]
-#   --name NAME          TPU VM name: created if it does not exist, reused if it does
+#                          [--dry-run [--assume-state STATE]] CONFIG WORKDIR [FLAGS...]
+#   --name NAME          TPU VM name: created if it does not exist, reused if it is READY, deleted and
+#                        created again if it was preempted (a preempted Spot TPU cannot be restarted)
 #   --zone ZONE          its zone, e.g. us-central2-b
-#   --accelerator TYPE   accelerator type when creating (default v4-32: 4 workers x 4 chips)
-#   --version RUNTIME    TPU software version when creating (default tpu-ubuntu2204-base)
+#   --accelerator TYPE   accelerator type when creating (default v4-32: 4 workers x 4 chips), e.g.
+#                        v5litepod-16 (v5e), v5p-16, v6e-16
+#   --version RUNTIME    TPU software version when creating (default by generation: v4 tpu-ubuntu2204-base,
+#                        v5e v2-alpha-tpuv5-lite, v5p v2-alpha-tpuv5, v6e v2-alpha-tpuv6e)
 #   --project PROJECT    gcloud project (default: gcloud's configured project)
 #   --spot               create a Spot VM: cheaper, and preemptible. A preemption sends SIGTERM; every
-#                        worker saves the same step and exits with status 143; run the script again
-#                        (with --skip_setup if the VM survived) to resume.
+#                        worker saves the same step and exits with status 143 (or the VM is gone); run the
+#                        script again: the preempted VM is recreated and set up, and training resumes from
+#                        the latest checkpoint in WORKDIR.
 #   --data_dir DIR       data folder, usually on a bucket (gs://...): passed to every worker as
 #                        --config.data.data_dir=DIR and as TFDS_DATA_DIR
 #   --skip_setup         do not copy and install the package (it is already on the workers)
 #   --detach             run in the background on the workers (log in ~/ebm_jax.log on each), so that
 #                        closing this terminal does not stop the run
 #   --dry-run            print the plan, every command, without running any
+#   --assume-state STATE with --dry-run: plan as if describe reported STATE (READY, PREEMPTED, or NONE for
+#                        no such VM) instead of asking gcloud
 #   FLAGS                passed to every worker: --config.field=value, --heartbeat_timeout=S, ...
 # WORKDIR must be a bucket path (gs://BUCKET/run): all workers write one checkpoint there together.
 # Example:
@@ -39,13 +45,14 @@ need_value() {
 name=""
 zone=""
 accelerator="v4-32"
-version="tpu-ubuntu2204-base"
+version=""
 project=""
 spot=0
 data_dir=""
 setup=1
 detach=0
 dry_run=0
+assume_state=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --name) need_value "$1" "${2:-}"; name="$2"; shift 2 ;;
@@ -58,6 +65,7 @@ while [[ $# -gt 0 ]]; do
     --skip_setup) setup=0; shift ;;
     --detach) detach=1; shift ;;
     --dry-run) dry_run=1; shift ;;
+    --assume-state) need_value "$1" "${2:-}"; assume_state="$2"; shift 2 ;;
     -h|--help) usage ;;
     --) shift; break ;;
     -*) echo "$0: unknown option $1" >&2; usage ;;
@@ -72,6 +80,22 @@ shift 2
 if [[ "${workdir}" != gs://* ]]; then
   echo "$0: WORKDIR '${workdir}' must be a bucket path (gs://BUCKET/...): every worker writes the same checkpoint" >&2
   exit 2
+fi
+
+if [[ -n "${assume_state}" && "${dry_run}" -eq 0 ]]; then
+  echo "$0: --assume-state only plans (--dry-run); without it the state comes from gcloud" >&2
+  exit 2
+fi
+if [[ -z "${version}" ]]; then
+  # the runtime (software version) each TPU generation boots
+  case "${accelerator}" in
+    v4-*) version="tpu-ubuntu2204-base" ;;
+    v5litepod-*|v5e-*) version="v2-alpha-tpuv5-lite" ;;
+    v5p-*) version="v2-alpha-tpuv5" ;;
+    v6e-*) version="v2-alpha-tpuv6e" ;;
+    *) echo "$0: no default runtime for accelerator '${accelerator}'; give --version" \
+            "(v4-*, v5litepod-*, v5p-* and v6e-* have defaults)" >&2; exit 2 ;;
+  esac
 fi
 
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -108,16 +132,30 @@ create=(gcloud compute tpus tpu-vm create "${name}" "${where[@]}" --accelerator-
 if [[ "${spot}" -eq 1 ]]; then
   create+=(--spot)
 fi
-if [[ "${dry_run}" -eq 1 ]]; then
-  echo "# 1. create the TPU VM ${name} unless it exists"
-  run gcloud compute tpus tpu-vm describe "${name}" "${where[@]}"
-  run "${create[@]}"
-elif gcloud compute tpus tpu-vm describe "${name}" "${where[@]}" > /dev/null 2>&1; then
-  echo "tpu_pod: reusing the TPU VM ${name}" >&2
+# its state: READY (reuse), PREEMPTED or TERMINATED (delete, create again), or none (create)
+if [[ -n "${assume_state}" ]]; then
+  state="${assume_state}"
+  [[ "${state}" != NONE ]] || state=""
 else
-  echo "tpu_pod: creating the TPU VM ${name} (${accelerator})" >&2
-  run "${create[@]}"
+  state="$(gcloud compute tpus tpu-vm describe "${name}" "${where[@]}" --format='value(state)' 2>/dev/null || true)"
 fi
+[[ "${dry_run}" -eq 0 ]] || echo "# 1. the TPU VM ${name} (${accelerator}, runtime ${version}): describe says '${state:-no such VM}'"
+case "${state}" in
+  READY)
+    echo "tpu_pod: reusing the TPU VM ${name}" >&2 ;;
+  PREEMPTED|TERMINATED)
+    echo "tpu_pod: the TPU VM ${name} was ${state,,}: deleting it and creating it again" >&2
+    run gcloud compute tpus tpu-vm delete "${name}" "${where[@]}" --quiet
+    run "${create[@]}"
+    setup=1 ;;   # a new VM has nothing installed
+  "")
+    echo "tpu_pod: creating the TPU VM ${name} (${accelerator})" >&2
+    run "${create[@]}"
+    setup=1 ;;
+  *)
+    echo "$0: the TPU VM ${name} is ${state}; wait until it is READY (or delete it) and run this again" >&2
+    exit 2 ;;
+esac
 
 ssh_all=(gcloud compute tpus tpu-vm ssh "${name}" "${where[@]}" --worker=all)
 
@@ -132,7 +170,7 @@ if [[ "${setup}" -eq 1 ]]; then
 fi
 
 # 3. the same command on every worker; --distributed: JAX reads the coordinator, the process count
-#    and this worker's id from the TPU metadata
+#    and this worker's id from the TPU metadata. It resumes from the latest checkpoint in WORKDIR.
 train=(python3 -m ebm_jax.main --distributed --config="${config}" --workdir="${workdir}")
 if [[ -n "${data_dir}" ]]; then
   train+=(--config.data.data_dir="${data_dir}")

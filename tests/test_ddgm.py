@@ -11,6 +11,7 @@ import pytest
 from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, train
+from configs import ddgm as ddgm_config
 from ebm_jax.methods import ddgm, get_method
 from ebm_jax.models import ProductOfExpertsEnergy
 
@@ -50,7 +51,8 @@ def test_batch_norm_entropy_is_eq_15():
 
 
 def tiny(variant="fourspin", **over):
-    c = ddgm.make_config(variant)
+    c = ddgm_config.make_config(variant)
+    c.method.penalty_weight = 0.0   # the paper's objective (the toys' default adds a gradient penalty)
     c.model.energy.hidden = (16,)
     c.model.generator.hidden = (16, 16)
     c.data.batch_size = 8
@@ -185,9 +187,9 @@ DEVICE_SCRIPT = """
 import sys, numpy as np, jax
 sys.path.insert(0, {repo!r})
 from ebm_jax import train
-from ebm_jax.methods import ddgm
+from configs import ddgm as ddgm_config
 assert jax.device_count() == {n}, jax.devices()
-c = ddgm.make_config("fourspin")
+c = ddgm_config.make_config("fourspin")
 c.model.energy.hidden = (16,); c.model.generator.hidden = (16, 16); c.data.batch_size = 64
 c.optim.name = "sgd"; c.optim.lr = 0.05; c.train.num_steps = 5; c.train.progress_bar = False
 c.train.checkpoint_every = 5; c.eval.grid_size = 20; c.eval.num_samples = 64; c.sampling.mcmc_steps = 0
@@ -197,6 +199,7 @@ np.savez({out!r}, **{{jax.tree_util.keystr(p): v for p, v in flat}})
 """
 
 
+@pytest.mark.slow
 def test_batch_norm_statistics_are_global_across_devices(tmp_path):
     """1 device and 8 (the batch sharded 8 ways) give the same parameters and running averages: batch
     norm normalises with the whole global batch's statistics, not each device's shard."""
@@ -214,3 +217,33 @@ def test_batch_norm_statistics_are_global_across_devices(tmp_path):
     assert any("mean_0" in k for k in results[1])
     for k in results[1]:
         np.testing.assert_allclose(results[1][k], results[8][k], rtol=2e-4, atol=2e-5, err_msg=k)
+
+
+def test_celeba_variant_is_section_4s_convolutional_model():
+    """64x64: DEM 5x5 convolutions with 128-256-512-1024 feature maps and 1024 experts, DGM 1024-512-256-128
+    with 5x5 filters, z of 100; every hidden activation of the DGM batch-normalised (Eq. 15 reads 4 scales)."""
+    c = ddgm_config.make_config("celeba")
+    method = get_method(c, (64, 64, 3))
+    shapes = jax.eval_shape(lambda k: method.init(k, None), jax.random.PRNGKey(0))["params"]
+    energy, gen = shapes["energy"], shapes["generator"]
+    assert [energy["DDGMConvFeatures_0"][f"Conv_{i}"]["kernel"].shape for i in range(4)] == [
+        (5, 5, 3, 128), (5, 5, 128, 256), (5, 5, 256, 512), (5, 5, 512, 1024)]
+    assert energy["experts"]["kernel"].shape == (4 * 4 * 1024, 1024)
+    assert gen["Dense_0"]["kernel"].shape == (100, 4 * 4 * 1024)
+    assert [gen[f"ConvTranspose_{i}"]["kernel"].shape for i in range(4)] == [
+        (5, 5, 1024, 512), (5, 5, 512, 256), (5, 5, 256, 128), (5, 5, 128, 3)]
+    assert sorted(k for k in gen if k.startswith("bn_scale_")) == [f"bn_scale_{i}" for i in range(4)]
+    x = jax.eval_shape(lambda k: method.generate(method.inference_params(method.init(k, None)),
+                                                 method.prior(k, 2)), jax.random.PRNGKey(0))
+    assert x.shape == (2, 64, 64, 3)
+
+
+def test_generator_without_batch_norm_is_refused():
+    """Eq. 15's entropy is made of the batch-norm scales: a generator without them is an error, not a 0."""
+    from ebm_jax.methods import ConfigError
+    c = ddgm_config.make_config("celeba")
+    c.model.generator.batch_norm = False
+    with pytest.raises(ConfigError, match="batch_norm=False"):
+        get_method(c, (64, 64, 3))
+    with pytest.raises(ConfigError, match="no batch-norm scale"):
+        ddgm.batch_norm_entropy({"Dense_0": {"kernel": jnp.ones((2, 2))}})

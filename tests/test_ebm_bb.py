@@ -101,8 +101,9 @@ TINY = {"train.num_steps": 4, "train.log_every": 2, "train.checkpoint_every": 2,
 
 
 # the exact log-determinant path once (it is the same loop with another entropy function)
-@pytest.mark.parametrize("name,entropy", [("ebm_bb", "lobpcg"), ("ebm_0gp", "lobpcg"), ("wgan_0gp", "lobpcg"),
-                                          ("ebm_bb", "exact")])
+@pytest.mark.parametrize("name,entropy", [("ebm_bb", "lobpcg"), pytest.param("ebm_0gp", "lobpcg", marks=pytest.mark.slow),
+                                          pytest.param("wgan_0gp", "lobpcg", marks=pytest.mark.slow),
+                                          pytest.param("ebm_bb", "exact", marks=pytest.mark.slow)])
 def test_toy_config_trains_loads_and_samples(tmp_path, name, entropy):
     config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":swissroll"),
                    {**TINY, "method.entropy": entropy})
@@ -169,6 +170,7 @@ def test_mnist_configs_differ_in_the_loss_only():
         assert {**configs[name].method.to_dict(), "name": "ebm_bb"} == configs["ebm_bb"].method.to_dict()
 
 
+@pytest.mark.slow
 def test_mnist_config_few_steps(tmp_path, name="ebm_bb"):
     config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", f"{name}.py") + ":mnist"),
                    {"data.data_dir": MNIST_DIR, "train.num_steps": 2, "train.log_every": 1,

@@ -1,5 +1,5 @@
 """Image metrics: StackedMNIST modes and KL, Fréchet distance, Inception score / FID, and their wiring
-into train.evaluate_model. Each is checked against an explicit computation or a hand-checkable case."""
+into evaluation.model_eval.evaluate_model. Each is checked against an explicit computation or a hand-checkable case."""
 import json
 import math
 import textwrap
@@ -10,6 +10,8 @@ import pytest
 import scipy.linalg
 
 from ebm_jax import train
+from ebm_jax.evaluation import model_eval
+from ebm_jax.state import init_full_state
 from ebm_jax.data import Dataset
 from ebm_jax.errors import ConfigError
 from ebm_jax.evaluation import classifier, image_metrics as im
@@ -224,7 +226,7 @@ def eval_config(**extra):
 def init_params(config, shape):
     from ebm_jax.methods import get_method
     method = get_method(config, shape)
-    return method, method.inference_params(train.init_full_state(method, jax.random.PRNGKey(0)))
+    return method, method.inference_params(init_full_state(method, jax.random.PRNGKey(0)))
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +244,7 @@ def test_evaluate_model_adds_classifier_fd_for_mnist_shaped_data(random_classifi
     # 48 metric samples from 32 drawn for the picture: the generator is asked for the rest
     config = eval_config(classifier_path=random_classifier, num_metric_samples=48, num_samples=32)
     method, params = init_params(config, data.shape)
-    metrics, png, samples = train.evaluate_model(method, params, data, config, jax.random.PRNGKey(1))
+    metrics, png, samples = model_eval.evaluate_model(method, params, data, config, jax.random.PRNGKey(1))
     assert png is not None and samples["generator"].shape == (32, 28, 28, 1)
     assert metrics["generator/num_metric_samples"] == 48
     cp = classifier.load_classifier(random_classifier)
@@ -269,7 +271,7 @@ def test_evaluate_model_adds_modes_for_stacked_data_and_inception_metrics(random
     config = eval_config(classifier_path=random_classifier, inception_fn=f"{standin}:make_net",
                          num_metric_samples=30, num_samples=30)
     method, params = init_params(config, data.shape)
-    metrics, _, samples = train.evaluate_model(method, params, data, config, jax.random.PRNGKey(2))
+    metrics, _, samples = model_eval.evaluate_model(method, params, data, config, jax.random.PRNGKey(2))
     x = samples["generator"]
     cp = classifier.load_classifier(random_classifier)
     digits = np.stack([np.argmax(np.asarray(classifier.classifier_logits(cp, x[..., s:s + 1])), axis=1)

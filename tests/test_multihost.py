@@ -1,7 +1,7 @@
 """Several processes on 127.0.0.1 (launch/run_multiprocess.sh): 2 processes x 4 CPU devices against
 1 x 8 and 1 x 1, a SIGTERM to one process, a killed process, an unreachable coordinator, the launchers.
 
-Every subprocess shares one JAX compilation cache for the session, so that runs of the same program
+Every subprocess shares one JAX compilation cache for the test run, so that runs of the same program
 after the first skip compilation (the results are the same; only the wait is shorter)."""
 import json
 import os
@@ -131,7 +131,7 @@ def assert_params_close(a, b, what):
         np.testing.assert_allclose(x, y, rtol=2e-4, atol=2e-5, err_msg=f"{what}: {jax.tree_util.keystr(path)}")
 
 
-@pytest.mark.parametrize("name", ["meg", "ddgm"])
+@pytest.mark.parametrize("name", ["meg", pytest.param("ddgm", marks=pytest.mark.slow)])
 def test_two_processes_match_one_process_of_eight_and_of_one_device(tmp_path, env, name, request):
     config_path, overrides = RUNS[name]
     # the two subprocess runs side by side, the 1-device run in this process meanwhile
@@ -165,6 +165,7 @@ def test_two_processes_match_one_process_of_eight_and_of_one_device(tmp_path, en
         assert final24[key] == pytest.approx(final8[key], rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resume_matches(tmp_path, env, meg_straight):
     config_path, overrides = RUNS["meg"]
     overrides = {**overrides, "train.num_steps": STRAIGHT_STEPS, "train.checkpoint_every": 1000,
@@ -192,6 +193,7 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resume_matche
     assert_params_close(params_of(meg_straight), params_of(wd), "2x4 with a SIGTERM vs 1x1 straight")
 
 
+@pytest.mark.slow
 def test_killed_process_stops_the_other_with_a_message_in_bounded_time(tmp_path, env):
     config_path, overrides = RUNS["meg"]
     overrides = {**overrides, "train.num_steps": 100000, "train.checkpoint_every": 1, "train.log_every": 1}
@@ -297,9 +299,9 @@ def test_tpu_script_prints_its_plan():
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     commands = [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")]
-    assert commands[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "describe"]
-    assert commands[1][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
-    assert {"--accelerator-type=v4-32", "--spot", "--zone=us-central2-b"} <= set(commands[1])
+    # no VM of that name (gcloud is not installed here): it is created, with the v4 runtime
+    assert commands[0][:5] == ["gcloud", "compute", "tpus", "tpu-vm", "create"]
+    assert {"--accelerator-type=v4-32", "--spot", "--zone=us-central2-b", "--version=tpu-ubuntu2204-base"} <= set(commands[0])
     assert any(c[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and "--worker=all" in c for c in commands)
     run = commands[-1]
     assert run[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh"] and "--worker=all" in run
@@ -313,6 +315,33 @@ def test_tpu_script_prints_its_plan():
     r = subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "--name", "a", "--zone", "z", "--dry-run",
                         "configs/meg.py", "runs/x"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "must be a bucket path" in r.stderr and not r.stdout
+
+
+@pytest.mark.parametrize("accelerator,runtime", [("v4-8", "tpu-ubuntu2204-base"), ("v5litepod-16", "v2-alpha-tpuv5-lite"),
+                                                  ("v5p-16", "v2-alpha-tpuv5"), ("v6e-16", "v2-alpha-tpuv6e")])
+def test_tpu_script_picks_each_generations_runtime(accelerator, runtime):
+    r = subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "--name", "n", "--zone", "z", "--accelerator",
+                        accelerator, "--dry-run", "--assume-state", "NONE", "configs/meg.py", "gs://b/r"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    create = shlex.split(next(line[2:] for line in r.stdout.splitlines() if " tpu-vm create " in line))
+    assert f"--version={runtime}" in create and f"--accelerator-type={accelerator}" in create
+
+
+def test_tpu_script_recreates_a_preempted_spot_vm_and_reuses_a_ready_one():
+    def plan(state):
+        r = subprocess.run([os.path.join(REPO, "launch", "tpu_pod.sh"), "--name", "ebm-v5e", "--zone", "us-west4-a",
+                            "--accelerator", "v5litepod-16", "--spot", "--skip_setup", "--dry-run", "--assume-state",
+                            state, "configs/ebm_bb.py:mnist", "gs://b/runs/x"], capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")], r.stderr
+    commands, said = plan("PREEMPTED")
+    # deleted, created again, set up again (a new VM has nothing installed, whatever --skip_setup said)
+    assert [c[4] for c in commands[:2]] == ["delete", "create"] and "--spot" in commands[1]
+    assert any(c[4] == "scp" for c in commands) and "deleting it and creating it again" in said
+    assert commands[-1][4] == "ssh" and "--workdir=gs://b/runs/x" in commands[-1][-1]
+    commands, said = plan("READY")
+    assert [c[4] for c in commands] == ["ssh"] and "reusing" in said   # --skip_setup kept: only the run
 
 
 def test_gpu_script_plans_process_ids_per_host():

@@ -1,8 +1,8 @@
 """Tests for ebm_jax.estimators.singular_values against explicit Jacobians and numpy's SVD.
 
 References are always built independently of the code under test: J with jax.jacfwd, then
-np.linalg.svd / slogdet / norms in float64 numpy. Run with -s to see the LOBPCG relative errors
-after a few iterations.
+np.linalg.svd / slogdet / norms in float64 numpy. Run with -s to see the relative errors of the
+iterative estimators (Golub-Kahan-Lanczos, the default, and LOBPCG) after a few iterations.
 
 To keep the run short on a small CPU, the MLP helpers below take the parameters as ARGUMENTS of
 module-level jitted functions (one compilation per shape, not per closure), and most sweeps over
@@ -21,9 +21,13 @@ from ebm_jax.estimators.singular_values import (
     anisotropy_index,
     hutchinson_squared_norm,
     log_det_jacobian,
+    relative_residual,
     smallest_singular_value,
     smallest_singular_value_batch,
+    smallest_singular_value_from_jacobian,
 )
+
+ALGORITHMS = ("lanczos", "lobpcg")
 
 ACTIVATIONS = {"tanh": jnp.tanh, "softplus": jax.nn.softplus}
 
@@ -49,10 +53,10 @@ def mlp(params, z, act="tanh"):
     return h
 
 
-@partial(jax.jit, static_argnames="act")
-def mlp_ssv(params, z, key, num_iters, v0=None, act="tanh"):
-    """LOBPCG on the MLP generator; num_iters may be traced (one compilation for all counts)."""
-    return smallest_singular_value(lambda x: mlp(params, x, act), z, key, num_iters, v0)
+@partial(jax.jit, static_argnames=("act", "algorithm"))
+def mlp_ssv(params, z, key, num_iters, v0=None, act="tanh", algorithm="lanczos"):
+    """The estimator on the MLP generator; num_iters may be traced (one compilation for all counts)."""
+    return smallest_singular_value(lambda x: mlp(params, x, act), z, key, num_iters, v0, algorithm)
 
 
 @partial(jax.jit, static_argnames="act")
@@ -71,27 +75,28 @@ def rel(a, b):
     return abs(float(a) / float(b) - 1.0)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("d,D,act", [(2, 2, "tanh"), (8, 64, "softplus"), (32, 784, "tanh")])
-def test_matches_numpy_svd(d, D, act):
+def test_matches_numpy_svd(d, D, act, algorithm):
     params = init_mlp(d + D, [d, 64, 128, D])
     z = normal(1, (d,))
     key = jax.random.PRNGKey(2)
     jac, s_ref, vt = mlp_svd(params, z, act)
 
     counts = (0, 1, 2, 3, 5, 10)
-    values = [float(mlp_ssv(params, z, key, k, act=act)[0]) for k in counts]
+    values = [float(mlp_ssv(params, z, key, k, act=act, algorithm=algorithm)[0]) for k in counts]
     errs = {k: rel(s, s_ref[-1]) for k, s in zip(counts, values)}
     print(f"\n(d, D) = ({d}, {D}): relative error of s_min after k iterations: "
           + ", ".join(f"k={k}: {e:.2e}" for k, e in errs.items())
           + f"  [s_1 = {s_ref[-1]:.4g}, s_2/s_1 = {s_ref[-2] / s_ref[-1]:.3g}, "
             f"s_d/s_1 = {s_ref[0] / s_ref[-1]:.3g}]")
-    # The Ritz space always contains the current v, so the Rayleigh quotient -- hence ||J v|| --
-    # never increases, and it is bounded below by the true s_1.
+    # LOBPCG's Ritz space always contains the current v, and Lanczos's Krylov space grows, so the
+    # estimate -- ||J v|| -- never increases, and it is bounded below by the true s_1.
     assert all(b <= a * (1 + 1e-5) for a, b in zip(values, values[1:])), values
     assert min(values) >= s_ref[-1] * (1 - 1e-5)
     assert errs[5] < 0.5 * errs[0]
 
-    s_min, v = mlp_ssv(params, z, key, 200, act=act)
+    s_min, v = mlp_ssv(params, z, key, 200, act=act, algorithm=algorithm)
     s_min, v = float(s_min), np.asarray(v, np.float64)
     assert rel(s_min, s_ref[-1]) < 1e-3
     assert abs(np.linalg.norm(v) - 1.0) < 1e-5
@@ -100,18 +105,19 @@ def test_matches_numpy_svd(d, D, act):
         assert abs(v @ vt[-1]) > 0.99
 
 
-def test_warm_start_needs_fewer_iterations():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_warm_start_needs_fewer_iterations(algorithm):
     d, D = 16, 256
     params = init_mlp(0, [d, 64, D])
     noise = init_mlp(1, [d, 64, D])
     perturbed = jax.tree_util.tree_map(lambda p, n: p + 0.02 * n, params, noise)
     z = normal(3, (d,))
-    _, v_prev = mlp_ssv(params, z, jax.random.PRNGKey(4), 200)  # previous "training step"
+    _, v_prev = mlp_ssv(params, z, jax.random.PRNGKey(4), 200, algorithm=algorithm)  # previous "training step"
     s_ref = mlp_svd(perturbed, z)[1][-1]
 
     def iterations_needed(v0, limit=100):
         for k in range(limit + 1):
-            if rel(mlp_ssv(perturbed, z, jax.random.PRNGKey(5), k, v0)[0], s_ref) < 1e-3:
+            if rel(mlp_ssv(perturbed, z, jax.random.PRNGKey(5), k, v0, algorithm=algorithm)[0], s_ref) < 1e-3:
                 return k
         return limit + 1
 
@@ -121,7 +127,8 @@ def test_warm_start_needs_fewer_iterations():
     assert n_warm < n_cold
 
 
-def test_no_nan_when_residual_vanishes():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_no_nan_when_residual_vanishes(algorithm):
     scale = jnp.array([3.0, 0.5, 2.0, 1.5])
     z = jnp.ones(4)
     e1 = jnp.array([0.0, 1.0, 0.0, 0.0])
@@ -130,7 +137,7 @@ def test_no_nan_when_residual_vanishes():
     def run(c, v0, num_iters, key=jax.random.PRNGKey(0)):
         # Linear, with exactly orthogonal Jacobian columns: J = [diag(c); 0].
         return smallest_singular_value(lambda x: jnp.concatenate([c * x, jnp.zeros(3)]), z, key,
-                                       num_iters, v0)
+                                       num_iters, v0, algorithm)
 
     for k in (0, 1, 5):
         s_min, v = run(scale, e1, k)
@@ -151,14 +158,15 @@ def test_no_nan_when_residual_vanishes():
     # A rank-deficient J (s_1 = 0): Av = 0 at convergence; value and gradient stay finite.
     def singular(x):
         return smallest_singular_value(lambda y: jnp.stack([y[0], 2.0 * y[0], 0.0 * y[1]]), x,
-                                       jax.random.PRNGKey(2), 5)
+                                       jax.random.PRNGKey(2), 5, algorithm=algorithm)
     s_min, v = jax.jit(singular)(jnp.ones(2))
     assert abs(float(s_min)) < 1e-6 and abs(abs(float(v[1])) - 1.0) < 1e-6
     g = jax.jit(jax.grad(lambda x: singular(x)[0]))(jnp.ones(2))
     assert np.all(np.isfinite(np.asarray(g)))
 
 
-def test_gradient_matches_finite_difference_x64():
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_gradient_matches_finite_difference_x64(algorithm):
     with jax.enable_x64(True):
         d, D = 4, 12
         params = init_mlp(7, [d, 16, D], jnp.float64)
@@ -168,7 +176,7 @@ def test_gradient_matches_finite_difference_x64():
         @jax.jit
         def surrogate_and_grads(p, x):
             def surrogate(p, x):
-                return smallest_singular_value(lambda y: mlp(p, y, "softplus"), x, key, 60)[0]
+                return smallest_singular_value(lambda y: mlp(p, y, "softplus"), x, key, 60, algorithm=algorithm)[0]
             return jax.value_and_grad(surrogate, argnums=(0, 1))(p, x)
 
         def exact(p, x):
@@ -201,6 +209,79 @@ def test_float64_dtype():
         s_min, v = mlp_ssv(params, z, jax.random.PRNGKey(0), 30)
         assert s_min.dtype == jnp.float64 and v.dtype == jnp.float64
         assert rel(s_min, mlp_svd(params, z)[1][-1]) < 1e-12
+
+
+def spectrum_map(d, D, cond, seed):
+    """z -> A z + 0.05 sin(B z): a map whose Jacobian A + 0.05 diag-ish term has singular values spread
+    from 1 down to about 1/cond (A = U diag(s) V^T with log-spaced s), the worst case for s_1."""
+    rng = np.random.default_rng(seed)
+    u, _ = np.linalg.qr(rng.normal(size=(D, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    s = np.logspace(0.0, -np.log10(cond), d)
+    a = jnp.asarray((u * s) @ v.T, jnp.float32)
+    b = jnp.asarray(rng.normal(size=(D, d)) * 0.05 / (cond * np.sqrt(d)), jnp.float32)
+    return lambda z: a @ z + jnp.sin(b @ z)
+
+
+@pytest.mark.parametrize("d,D,cond", [(16, 100, 1e2), (48, 300, 1e3), (64, 200, 1e3)])
+def test_lanczos_with_d_steps_is_exact_in_float32(d, D, cond):
+    """num_iters >= d: within 1e-3 relative error in float32 for condition numbers up to 1e3, from a
+    random start and from a warm start, and the value is the same for any count above d."""
+    fn = spectrum_map(d, D, cond, seed=d)
+    z = normal(d + 1, (d,))
+    jac = np.asarray(jax.jacfwd(fn)(z), np.float64)
+    s_ref = np.linalg.svd(jac, compute_uv=False)
+    assert s_ref[0] / s_ref[-1] > 0.5 * cond
+    run = jax.jit(lambda zz, k, v0, n: smallest_singular_value(fn, zz, k, n, v0), static_argnums=3)
+    for k_iter in (d, 2 * d):
+        for start in (None, normal(d + 2, (d,))):
+            s_min, v = run(z, jax.random.PRNGKey(d), start, k_iter)
+            assert rel(s_min, s_ref[-1]) < 1e-3, (k_iter, float(s_min), s_ref[-1])
+            assert abs(np.linalg.norm(np.asarray(v)) - 1.0) < 1e-5
+    # LOBPCG with the same number of products is far from it on this spectrum (the reason for the default)
+    s_lob, _ = jax.jit(lambda zz: smallest_singular_value(fn, zz, jax.random.PRNGKey(0), d // 2, None, "lobpcg"))(z)
+    assert rel(s_lob, s_ref[-1]) > 1e-2
+
+
+def test_relative_residual_against_numpy():
+    params = init_mlp(30, [5, 32, 20])
+    z = normal(31, (5,))
+    jac, s, vt = mlp_svd(params, z)
+    fn = lambda x: mlp(params, x)  # noqa: E731
+    # at a right singular vector the residual is zero up to round-off
+    assert float(relative_residual(fn, z, jnp.asarray(vt[-1], jnp.float32))) < 1e-4
+    # anywhere else it is ||J^T J v - s^2 v|| / s^2 with s = ||J v||
+    v = np.asarray(normal(32, (5,)), np.float64)
+    v /= np.linalg.norm(v)
+    s2 = np.sum((jac @ v) ** 2)
+    expected = np.linalg.norm(jac.T @ (jac @ v) - s2 * v) / s2
+    np.testing.assert_allclose(float(relative_residual(fn, z, jnp.asarray(v, jnp.float32))), expected, rtol=1e-4)
+    # no gradient flows through it
+    grads = jax.grad(lambda p: relative_residual(lambda x: mlp(p, x), z, jnp.asarray(v, jnp.float32)))(params)
+    assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(grads))
+
+
+@pytest.mark.parametrize("d,D", [(1, 3), (2, 2), (2, 7), (5, 30)])
+def test_smallest_singular_value_from_jacobian(d, D):
+    """Closed forms (d <= 2) and the SVD path against numpy, and the gradient in J is u v^T (the
+    derivative of a simple singular value), checked by central differences in float64."""
+    rng = np.random.default_rng(d * 10 + D)
+    jac = rng.normal(size=(D, d))
+    u, s, vt = np.linalg.svd(jac, full_matrices=False)
+    s_min, v = jax.jit(smallest_singular_value_from_jacobian)(jnp.asarray(jac, jnp.float32))
+    assert rel(s_min, s[-1]) < 1e-5
+    assert abs(abs(float(np.asarray(v, np.float64) @ vt[-1])) - 1.0) < 1e-5
+    with jax.enable_x64(True):
+        j64 = jnp.asarray(jac, jnp.float64)
+        grad = np.asarray(jax.grad(lambda j: smallest_singular_value_from_jacobian(j)[0])(j64))
+        np.testing.assert_allclose(grad, np.outer(u[:, -1], vt[-1]) * np.sign(u[:, -1] @ jac @ vt[-1]),
+                                   atol=1e-10)
+    # an ill-conditioned 2x2 in float32 (s_max / s_1 = 1e3): the closed form keeps s_1
+    if d == 2 and D == 2:
+        q, _ = np.linalg.qr(rng.normal(size=(2, 2)))
+        bad = q @ np.diag([1.0, 1e-3]) @ q.T
+        s_bad, _ = smallest_singular_value_from_jacobian(jnp.asarray(bad, jnp.float32))
+        assert rel(s_bad, 1e-3) < 1e-3
 
 
 def test_batch_matches_per_point_and_jit():

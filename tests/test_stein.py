@@ -11,6 +11,7 @@ from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, estimators, train
 from ebm_jax.methods import ConfigError, get_method
+from configs import steincd as stein_config
 from ebm_jax.methods import stein
 from ebm_jax.models import AutoencoderEnergy, RBMEnergy, rbm_log_partition
 
@@ -177,7 +178,7 @@ def test_autoencoder_energy_eqs_24_and_25():
 
 # ---------------------------------------------------------------- updates equal their equations
 def small_config(name, **overrides):
-    c = stein.make_config(name, "25gaussians")
+    c = stein_config.make_config(name, "25gaussians")
     c.optim.name = "sgd"
     c.optim.lr = 0.1
     c.data.batch_size = 6

@@ -186,3 +186,12 @@ def test_signal_saves_current_step(tmp_path, signame):
     assert f"step {steps[0]}" in err
     import ebm_jax
     assert ebm_jax.load(wd).step == steps[0]
+
+
+def test_prefetching_the_next_batch_changes_nothing(tmp_path):
+    """train.prefetch reads the next call's batches in a thread; the run is bitwise the one without it."""
+    over = {"train.num_steps": 7, "train.checkpoint_every": 100, "train.steps_per_call": 2}
+    train.train_and_evaluate(tiny_config(**over, **{"train.prefetch": False}), str(tmp_path / "plain"))
+    train.train_and_evaluate(tiny_config(**over), str(tmp_path / "prefetch"))
+    jax.tree_util.tree_map(lambda x, y: np.testing.assert_array_equal(x, y),
+                           params_of(str(tmp_path / "plain")), params_of(str(tmp_path / "prefetch")))

@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO, SHARED, apply_overrides
 
 from ebm_jax import configlib, train
+from configs import triangle as triangle_config
 from ebm_jax.methods import get_method, triangle
 
 LOG2PI = math.log(2 * math.pi)
@@ -27,7 +28,7 @@ TINY = {"model.generator.hidden": (8,), "model.inference.hidden": (8,), "model.e
 
 
 def tiny(variant="", **extra):
-    return apply_overrides(triangle.make_config(variant), {**TINY, **extra})
+    return apply_overrides(triangle_config.make_config(variant), {**TINY, **extra})
 
 
 def np_gauss(x, mean, sigma):
@@ -123,7 +124,7 @@ def test_bad_config_fields_are_named():
     with pytest.raises(ConfigError, match=r"config.method.sigma=0.0 is invalid"):
         get_method(tiny(**{"method.sigma": 0.0}), (2,))
     with pytest.raises(ValueError, match=r"'conv' needs image data"):
-        triangle.make_config("swissroll,conv")
+        triangle_config.make_config("swissroll,conv")
 
 
 def write_idx(path, arr):
@@ -140,6 +141,7 @@ def fake_mnist(folder, n_train=40, n_test=20, seed=0):
     return folder
 
 
+@pytest.mark.slow
 def test_toy_run_loads_samples_and_reconstructs_in_a_fresh_process(tmp_path):
     config = tiny("swissroll")
     train.train_and_evaluate(config, str(tmp_path))
@@ -171,13 +173,14 @@ def test_encode_on_a_method_without_inference_is_a_clear_error(tmp_path):
         m.reconstruct(np.zeros((2, 2), np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["mnist", "mnist,conv"])
 def test_mnist_configs_few_steps_with_ood_evaluation(tmp_path, variant):
     """On small fake idx files (the real MNIST is in ../shared where present); a second fake set plays
     Fashion-MNIST for the OOD metrics."""
     mnist = fake_mnist(str(tmp_path / "mnist"))
     ood = fake_mnist(str(tmp_path / "ood"), seed=1)
-    c = apply_overrides(triangle.make_config(variant), {
+    c = apply_overrides(triangle_config.make_config(variant), {
         "data.data_dir": mnist, "data.batch_size": 8, "train.num_steps": 2, "train.log_every": 1,
         "train.checkpoint_every": 2, "train.progress_bar": False, "eval.ood_data_dir": ood,
         "model.generator.width": 32, "model.generator.channels": 4, "model.generator.hidden": (32,),
@@ -186,7 +189,7 @@ def test_mnist_configs_few_steps_with_ood_evaluation(tmp_path, variant):
     train.train_and_evaluate(c, str(tmp_path / "run"))
     final = json.load(open(tmp_path / "run" / "eval_final.json"))
     for kind in ("energy", "score_norm"):
-        for m in ("auroc", "auprc", "fpr80"):
+        for m in ("auroc", "auprc_trapezoid", "average_precision", "fpr80"):
             assert 0.0 <= final[f"ood_{kind}/{m}"] <= 1.0
     assert final["reconstruction_rmse"] > 0
     assert os.path.exists(tmp_path / "run" / "samples.png")
@@ -207,6 +210,7 @@ MNIST_DIR = os.path.join(SHARED, "data", "mnist")
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")),
                     reason="../shared/data/mnist is not here (MNIST cannot be downloaded in tests)")
+@pytest.mark.slow
 def test_real_mnist_config_two_steps(tmp_path):
     c = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "triangle.py") + ":mnist"),
               {"data.data_dir": MNIST_DIR, "train.num_steps": 2, "train.log_every": 1, "train.checkpoint_every": 2,

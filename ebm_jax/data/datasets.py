@@ -6,6 +6,7 @@ resumes at step s therefore sees exactly the batches an uninterrupted run would 
 """
 import dataclasses
 import os
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -118,12 +119,40 @@ def _from_path(data_config, seed) -> Dataset:
     if arr.ndim > 2:
         train, test = _split_off_test(sources.image_array(arr, path), data_config.test_fraction, seed)
         return Dataset(name=name, train=train, test=test, seed=seed)
-    arr = arr.astype(np.float32)
+    arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise DataError(f"data.path {path!r} contains NaN or infinite values; clean them before training.")
     train, test = _split_off_test(arr, data_config.test_fraction, seed)
-    extent = float(np.ceil(np.abs(arr).max() * 1.1 * 10) / 10) if arr.shape[1] == 2 else None
+    scaling = str(data_config.get("scaling", "none"))
+    if scaling not in VECTOR_SCALINGS:
+        raise DataError(f"data.scaling={scaling!r} is invalid; valid values are {list(VECTOR_SCALINGS)}.")
+    train, test = _scale_vectors(train, test, scaling)
+    big = float(np.max(np.abs(train)))
+    if big > LARGE_VALUE:
+        warnings.warn(f"data.path {path!r} holds values up to {big:.3g}; the networks are initialised for inputs of "
+                      "order 1, so training may diverge: set --config.data.scaling=standardize (or minmax), or "
+                      "rescale the file.", stacklevel=2)
+    train, test = train.astype(np.float32), test.astype(np.float32)
+    extent = float(np.ceil(np.abs(np.concatenate([train, test])).max() * 1.1 * 10) / 10) if arr.shape[1] == 2 else None
     return Dataset(name=name, train=train, test=test, seed=seed, extent=extent)
+
+
+VECTOR_SCALINGS = ("none", "standardize", "minmax")
+LARGE_VALUE = 1e4   # |x| above this in vector data gets a warning naming data.scaling
+
+
+def _scale_vectors(train, test, scaling):
+    """data.scaling of vector data by the training rows' statistics: 'standardize' (zero mean, unit std
+    per feature), 'minmax' (each feature to [-1, 1]), 'none'."""
+    if scaling == "standardize":
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std = np.where(std > 0, std, 1.0)
+        return (train - mean) / std, (test - mean) / std
+    if scaling == "minmax":
+        lo, hi = train.min(axis=0), train.max(axis=0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return 2.0 * (train - lo) / span - 1.0, 2.0 * (test - lo) / span - 1.0
+    return train, test
 
 
 def _mnist_format(name: str, data_dir: str, split: str, num_rows=None):

@@ -1,6 +1,8 @@
 """2-D toy distributions, generated in code (no download).
 
 Convention, used by every method, plot and metric in this project (written down once, here):
+  * sevenaniso and bands are mixtures of anisotropic, rotated Gaussians with unequal weights (formulas
+    below), with exact densities, for testing how well an energy is a density.
   * Scales follow the MEG reference code: 25-Gaussians is a 5x5 grid of centres {-4,-2,0,2,4}^2 with
     std 0.05, all divided by 2.828; 8-Gaussians has centres on the circle of radius 2 with std 0.02,
     divided by 1.414; the swiss roll is sklearn's make_swiss_roll(noise=0.25) on axes (0, 2) divided
@@ -28,6 +30,10 @@ class ToySpec:
     std: Optional[float] = None
     # Exact log density where one is known (evaluated on the grid for KL(p_data || p_model)).
     log_density: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    # Mixtures with other shapes: (K, 2, 2) covariances (then "within 3 std" is a Mahalanobis distance
+    # below 3) and (K,) weights (the mode-frequency KL compares the samples' modes with them)
+    covariances: Optional[np.ndarray] = None
+    weights: Optional[np.ndarray] = None
 
 
 def _mixture(centers, std):
@@ -44,7 +50,56 @@ def _mixture(centers, std):
         m = logs.max(axis=1, keepdims=True)
         return (m + np.log(np.sum(np.exp(logs - m), axis=1, keepdims=True)))[:, 0]
 
-    return ToySpec(sample=sample, centers=centers, std=float(std), log_density=log_density)
+    return ToySpec(sample=sample, centers=centers, std=float(std), log_density=log_density,
+                   weights=np.full(len(centers), 1.0 / len(centers)))
+
+
+def _rotation(angle):
+    c, s = np.cos(angle), np.sin(angle)
+    return np.array([[c, -s], [s, c]])
+
+
+def _anisotropic_mixture(centers, stds, angles, weights):
+    """Gaussians with covariance R(angle) diag(std^2) R(angle)^T and unequal weights (summing to 1)."""
+    centers = np.asarray(centers, np.float64)
+    weights = np.asarray(weights, np.float64) / np.sum(weights)
+    covs = np.stack([_rotation(a) @ np.diag(np.square(sd)) @ _rotation(a).T for sd, a in zip(stds, angles)])
+    chols = np.linalg.cholesky(covs)
+    inv = np.linalg.inv(covs)
+    log_norm = -np.log(2 * np.pi) - 0.5 * np.log(np.linalg.det(covs)) + np.log(weights)
+
+    def sample(rng, n):
+        idx = rng.choice(len(centers), size=n, p=weights)
+        eps = rng.standard_normal((n, 2))
+        return (centers[idx] + np.einsum("nij,nj->ni", chols[idx], eps)).astype(np.float32)
+
+    def log_density(x):
+        r = np.asarray(x, np.float64)[:, None, :] - centers[None]
+        logs = -0.5 * np.einsum("nki,kij,nkj->nk", r, inv, r) + log_norm[None]
+        m = logs.max(axis=1, keepdims=True)
+        return (m + np.log(np.sum(np.exp(logs - m), axis=1, keepdims=True)))[:, 0]
+
+    return ToySpec(sample=sample, centers=centers, std=None, log_density=log_density, covariances=covs,
+                   weights=weights)
+
+
+def _seven_anisotropic():
+    # Seven rotated, elongated Gaussians with weights 1..7 / 28: six on a ring of radius 1.2 (each
+    # stretched along its own direction, 3:1 to 6:1) and a round one, the heaviest, at the centre.
+    angles = np.arange(6) * np.pi / 3 + 0.3
+    centers = np.concatenate([1.2 * np.stack([np.cos(angles), np.sin(angles)], 1), [[0.0, 0.0]]])
+    stds = [(0.18, 0.06), (0.24, 0.05), (0.15, 0.05), (0.30, 0.05), (0.20, 0.04), (0.12, 0.04), (0.12, 0.12)]
+    rot = list(angles + (np.arange(6) % 2) * np.pi / 2) + [0.0]   # alternately radial and tangential
+    return _anisotropic_mixture(centers, stds, rot, [1, 2, 3, 4, 5, 6, 7])
+
+
+def _banded_mixture():
+    # Five components of very different sizes and weights: two long thin diagonal bands crossing at
+    # different heights, a wide round blob, a small sharp one and a medium ellipse.
+    centers = [[-0.8, 0.8], [0.8, -0.6], [0.9, 1.0], [-1.1, -1.1], [0.0, 0.0]]
+    stds = [(0.45, 0.04), (0.45, 0.05), (0.25, 0.25), (0.03, 0.03), (0.20, 0.08)]
+    angles = [np.pi / 4, -np.pi / 4, 0.0, 0.0, np.pi / 8]
+    return _anisotropic_mixture(centers, stds, angles, [0.30, 0.25, 0.25, 0.05, 0.15])
 
 
 def _twentyfive_gaussians():
@@ -122,6 +177,8 @@ TOYS = {
     "checkerboard": _checkerboard,
     "twospirals": _two_spirals,
     "fourspin": _four_spin,
+    "sevenaniso": _seven_anisotropic,
+    "bands": _banded_mixture,
 }
 
 

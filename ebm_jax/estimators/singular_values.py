@@ -20,6 +20,7 @@ shape, which is treated as a flat vector in R^D):
   ||u^T J + w^T||^2 (Eq. 19), the numerator of the upper-bound penalty (Eq. 18).
 * `anisotropy_index(fn, z)` -- C_z = std_i ||J e_i|| (Eq. 21), population std.
 """
+import math
 from typing import Callable, Optional, Tuple
 
 import jax
@@ -122,20 +123,117 @@ def _lobpcg_step(matvec2, eps, state):
     return v_new / n, av_new / n, p_new
 
 
+ALGORITHMS = ("lanczos", "lobpcg")
+
+
+def _unit_start(key, v0, d, dtype):
+    """The start vector: v0 normalised, or a random unit vector when v0 is None or zero.
+
+    A zero (or underflowed) warm start cannot be normalised: it falls back to the random start (not
+    to a basis vector, which is an exact, possibly wrong, eigenvector whenever J has orthogonal
+    columns, and which LOBPCG cannot leave)."""
+    v_rand = jax.random.normal(key, (d,), dtype)
+    v_rand = v_rand / jnp.linalg.norm(v_rand)
+    if v0 is None:
+        return v_rand
+    v0 = lax.stop_gradient(jnp.asarray(v0, dtype))
+    n0 = jnp.linalg.norm(v0)
+    return jnp.where(n0 > 0, v0 / jnp.where(n0 > 0, n0, 1.0), v_rand)
+
+
+def _reorthogonalise(x, basis):
+    """x minus its projection on the rows of `basis` (orthonormal or zero rows), applied twice:
+    classical Gram-Schmidt run twice is orthogonal to working precision ("twice is enough")."""
+    for _ in range(2):
+        x = x - basis.T @ (basis @ x)
+    return x
+
+
+def _golub_kahan(jv, jtu, v1, key, num_iters, size: int, eps):
+    """Golub-Kahan-Lanczos bidiagonalisation of J from v1, with full reorthogonalisation.
+
+    After k steps J V_k = U_k B_k with V_k (d x k) and U_k (D x k) orthonormal and B_k upper
+    bidiagonal (diagonal alpha, super-diagonal beta), so the singular values of B_k are those of
+    J V_k: its smallest is >= s_1(J) and equals it once V_k spans R^d (k = d). Unlike Lanczos on
+    J^T J (or LOBPCG), the products are with J and J^T separately, so s_1 keeps about
+    eps * s_max of absolute accuracy instead of eps * s_max^2 / s_1 (float32 squares lose s_1 once
+    s_1 / s_max nears 1e-3.5).
+
+    `size` (static) rows are allocated; num_iters <= size steps run (it may be traced). Unused rows
+    are zero. Returns (V (size, d), alpha (size,), beta (size,), steps run)."""
+    d = v1.shape[0]
+    u0 = jax.eval_shape(jv, v1)
+    V = jnp.zeros((size + 1, d), v1.dtype).at[0].set(v1)
+    U = jnp.zeros((size,) + tuple(u0.shape), u0.dtype)
+    alpha = jnp.zeros((size,), v1.dtype)
+    beta = jnp.zeros((size,), v1.dtype)
+    steps = jnp.minimum(num_iters, size)
+
+    def body(j, carry):
+        V, U, alpha, beta, scale = carry
+        v = V[j]
+        u_prev = jnp.where(j > 0, U[jnp.maximum(j - 1, 0)], 0.0)
+        b_prev = jnp.where(j > 0, beta[jnp.maximum(j - 1, 0)], 0.0)
+        p = _reorthogonalise(jv(v) - b_prev * u_prev, U)
+        a = jnp.linalg.norm(p)
+        u = jnp.where(a > 0, p / jnp.where(a > 0, a, 1.0), 0.0)
+        r = _reorthogonalise(jtu(u) - a * v, V)
+        b = jnp.linalg.norm(r)
+        scale = jnp.maximum(scale, jnp.maximum(a, b))
+        # r at round-off level is an invariant subspace (exactly zero e.g. for orthogonal columns
+        # started at a basis vector): continue from a random direction orthogonal to V instead, which
+        # starts a new Krylov sequence (beta ~ 0 decouples it in B)
+        w = _reorthogonalise(jax.random.normal(jax.random.fold_in(key, j), (d,), v.dtype), V)
+        restart = b <= eps * scale
+        nxt = jnp.where(restart, w, r)
+        n = jnp.linalg.norm(nxt)
+        nxt = jnp.where(n > 0, nxt / jnp.where(n > 0, n, 1.0), 0.0)
+        return (V.at[j + 1].set(nxt), U.at[j].set(u), alpha.at[j].set(a), beta.at[j].set(b), scale)
+
+    V, U, alpha, beta, _ = lax.fori_loop(0, steps, body, (V, U, alpha, beta, jnp.zeros((), v1.dtype)))
+    return V[:size], alpha, beta, steps
+
+
+def _lanczos_vector(jv, jtu, v1, key, num_iters, d: int, eps):
+    """The right singular vector estimate of s_1 from `num_iters` Golub-Kahan steps (d at most)."""
+    size = min(int(num_iters), d) if isinstance(num_iters, int) else d
+    if size == 0:
+        return v1
+    V, alpha, beta, steps = _golub_kahan(jv, jtu, v1, key, num_iters, size, eps)
+    # B_k, padded to `size` with a diagonal above every singular value when fewer steps ran (a traced
+    # num_iters), so that the padding never supplies the smallest one
+    used = jnp.arange(size) < steps
+    big = 2.0 * (jnp.sum(alpha) + jnp.sum(beta)) + 1.0
+    diag = jnp.where(used, alpha, big)
+    sup = jnp.where(jnp.arange(size)[:-1] + 1 < steps, beta[:-1], 0.0)
+    bidiag = jnp.diag(diag) + jnp.diag(sup, 1)
+    _, _, qt = jnp.linalg.svd(bidiag)          # singular values in decreasing order
+    v = (qt[-1] * used) @ V
+    n = jnp.linalg.norm(v)
+    return jnp.where(steps > 0, v / jnp.where(n > 0, n, 1.0), v1)   # no step: the start vector
+
+
 def smallest_singular_value(fn: Callable, z: jax.Array, key: jax.Array, num_iters: int,
-                            v0: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
-    """Smallest singular value s_1 of J = d fn / dz at one point z, by single-vector LOBPCG.
+                            v0: Optional[jax.Array] = None,
+                            algorithm: str = "lanczos") -> Tuple[jax.Array, jax.Array]:
+    """Smallest singular value s_1 of J = d fn / dz at one point z, without forming J.
 
     Args:
       fn: maps z of shape (d,) to an output of any shape (flattened: R^D, D >= d for s_1 > 0).
         May close over generator parameters; s_min is differentiable w.r.t. them.
       z: (d,) latent point; its dtype (float32 by default, float64 under x64) is used throughout.
-      key: PRNG key for the random start; used only when v0 is None (or all zero).
-      num_iters: number of LOBPCG iterations (each applies J^T J to two vectors in one batched
-        product; one more product starts the iteration). Normally a Python int (the loop is a
-        fixed-length fori_loop); a traced integer also works (the loop becomes a while_loop),
-        since the iterations are never differentiated -- handy for sweeping it without recompiling.
+      key: PRNG key for the random start (used only when v0 is None or all zero) and, for
+        'lanczos', for restarts after an exactly invariant subspace.
+      num_iters: iterations. 'lanczos': Golub-Kahan bidiagonalisation steps, one jvp (J v) and one
+        vjp (J^T u) each, with full reorthogonalisation; num_iters >= d is exact up to round-off
+        (within 1e-3 relative error in float32 for condition numbers up to 1e3), fewer steps give an
+        upper bound on s_1 that decreases towards it. 'lobpcg': single-vector LOBPCG iterations on
+        J^T J (Knyazev 2001; what EBM-BB Sec. 3 uses), each applying J^T J to two vectors; it
+        converges at about (1 - sqrt(gap ratio)) per iteration, so slowly for the clustered small
+        singular values of a wide generator. A Python int, or a traced integer (the loop is never
+        differentiated; 'lanczos' then allocates d steps and runs num_iters of them).
       v0: optional (d,) warm start, e.g. the `v` returned at the previous training step.
+      algorithm: 'lanczos' (default) or 'lobpcg'.
 
     Returns:
       (s_min, v): s_min = ||J v|| (scalar, differentiable); v the unit right singular vector
@@ -145,38 +243,31 @@ def smallest_singular_value(fn: Callable, z: jax.Array, key: jax.Array, num_iter
     exactly the derivative of a simple singular value. So at convergence the surrogate's gradient
     is the exact gradient of s_1, without differentiating through the iterations.
     """
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"singular-value algorithm {algorithm!r} is unknown; valid algorithms are {list(ALGORITHMS)}.")
     d = z.shape[-1]
     dtype = z.dtype
     eps = jnp.finfo(dtype).eps
     flat = _flat(fn)
 
-    # Linearise the FROZEN fn once: every A-product below reuses the same forward residuals,
-    # A v = J^T (J v) (Eq. 17) costs one linear forward and one linear backward pass.
+    # Linearise the FROZEN fn once: every product below reuses the same forward residuals;
+    # J v is one linear forward pass and J^T u one linear backward pass (Eq. 17 of EBM-BB).
     z_sg = lax.stop_gradient(z)
     _, jvp_lin = jax.linearize(_frozen(flat, z_sg), z_sg)
     vjp_lin = jax.linear_transpose(jvp_lin, z_sg)
+    v = _unit_start(key, v0, d, dtype)
 
-    def matvec(x):
-        (out,) = vjp_lin(jvp_lin(x))
-        return out
-
-    matvec2 = jax.vmap(matvec)
-
-    v_rand = jax.random.normal(key, (d,), dtype)
-    v_rand = v_rand / jnp.linalg.norm(v_rand)
-    if v0 is None:
-        v = v_rand
+    if algorithm == "lanczos":
+        v = _lanczos_vector(jvp_lin, lambda u: vjp_lin(u)[0], v, jax.random.fold_in(key, 1), num_iters, d, eps)
     else:
-        # A zero (or underflowed) warm start cannot be normalised: fall back to the random start
-        # (not to a basis vector, which is an exact, possibly wrong, eigenvector whenever J has
-        # orthogonal columns, and LOBPCG cannot leave an exact eigenvector).
-        v0 = lax.stop_gradient(jnp.asarray(v0, dtype))
-        n0 = jnp.linalg.norm(v0)
-        v = jnp.where(n0 > 0, v0 / jnp.where(n0 > 0, n0, 1.0), v_rand)
+        def matvec(x):
+            (out,) = vjp_lin(jvp_lin(x))
+            return out
 
-    state = (v, matvec(v), jnp.zeros_like(v))
-    state = lax.fori_loop(0, num_iters, lambda _, s: _lobpcg_step(matvec2, eps, s), state)
-    v = lax.stop_gradient(state[0])
+        state = (v, matvec(v), jnp.zeros_like(v))
+        state = lax.fori_loop(0, num_iters, lambda _, s: _lobpcg_step(jax.vmap(matvec), eps, s), state)
+        v = state[0]
+    v = lax.stop_gradient(v)
 
     # Differentiable value, recomputed with the ORIGINAL fn (not the frozen copy) so that
     # gradients reach z and the parameters: s_min = ||J v|| with v fixed (see docstring).
@@ -184,8 +275,64 @@ def smallest_singular_value(fn: Callable, z: jax.Array, key: jax.Array, num_iter
     return _safe_norm(jv), v
 
 
+def relative_residual(fn: Callable, z: jax.Array, v: jax.Array) -> jax.Array:
+    """||J^T J v - s^2 v|| / s^2 with s = ||J v||, for a unit v: 0 exactly when v is a right singular
+    vector, and a bound on how far s^2 can be from an eigenvalue of J^T J, relative to s^2. One jvp
+    and one vjp; no gradient flows."""
+    z = lax.stop_gradient(z)
+    v = lax.stop_gradient(v)
+    out, vjp = jax.vjp(_frozen(_flat(fn), z), z)
+    _, jv = jax.jvp(_frozen(_flat(fn), z), (z,), (v,))
+    (jtjv,) = vjp(jv)
+    s2 = jnp.sum(jv * jv)
+    return jnp.linalg.norm(jtjv - s2 * v) / jnp.maximum(s2, jnp.finfo(z.dtype).tiny)
+
+
+def smallest_singular_value_from_jacobian(jac: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """(s_1, v) of an explicit (D, d) Jacobian: s_1 = ||J v|| differentiable in J, v its right
+    singular vector under stop_gradient (so d s_1 = u^T dJ v, the exact derivative).
+
+    d <= 2 in closed form (the 2-D toys: no LAPACK call per sample): for d = 2, v is orthogonal to the
+    top eigenvector of the 2x2 J^T J, which is well separated and so accurate to ~eps in angle,
+    keeping s_1 to ~eps * s_max; otherwise the SVD of J itself (jnp.linalg.svd), not of J^T J."""
+    d = jac.shape[1]
+    j_sg = lax.stop_gradient(jac)
+    if d == 1:
+        v = jnp.ones((1,), jac.dtype)
+    elif d == 2:
+        from ebm_jax.models.mlp import _top_eigenvector_2x2
+        top = _top_eigenvector_2x2(j_sg.T @ j_sg)
+        v = jnp.stack([-top[1], top[0]])
+    else:
+        _, _, vt = jnp.linalg.svd(j_sg, full_matrices=False)
+        v = vt[-1]
+    return _safe_norm(jac @ v), v
+
+
+def jacobian(fn: Callable, z: jax.Array) -> jax.Array:
+    """The explicit (D, d) Jacobian of fn at one point z (d,): D reverse passes when D <= d (the 2-D
+    toys), else d forward passes."""
+    flat = _flat(fn)
+    D = int(math.prod(jax.eval_shape(flat, z).shape))
+    return jax.jacrev(flat)(z) if D <= z.shape[-1] else jax.jacfwd(flat)(z)
+
+
+def smallest_singular_value_exact(fn: Callable, z: jax.Array) -> Tuple[jax.Array, jax.Array]:
+    """Exact s_1 at one point z through the explicit Jacobian (what the EBM-BB reference toy script
+    does with torch.svd of its analytic Jacobian). J is formed without gradient (d jvps, or D vjps),
+    its right singular vector v found by `smallest_singular_value_from_jacobian`, and s_1 = ||J v||
+    recomputed by one differentiable jvp, so that the gradient costs one pass instead of d."""
+    z_sg = lax.stop_gradient(z)
+    jac = jacobian(_frozen(fn, z_sg), z_sg)
+    _, v = smallest_singular_value_from_jacobian(jac)
+    v = lax.stop_gradient(v)
+    _, jv = jax.jvp(_flat(fn), (z,), (v,))
+    return _safe_norm(jv), v
+
+
 def smallest_singular_value_batch(fn: Callable, z: jax.Array, key: jax.Array, num_iters: int,
-                                  v0: Optional[jax.Array] = None) -> Tuple[jax.Array, jax.Array]:
+                                  v0: Optional[jax.Array] = None,
+                                  algorithm: str = "lanczos") -> Tuple[jax.Array, jax.Array]:
     """`smallest_singular_value` for every row of z (B, d); fn maps ONE point (d,) -> output.
 
     key is split into B independent keys (used only for random starts); v0 is (B, d) or None.
@@ -193,8 +340,8 @@ def smallest_singular_value_batch(fn: Callable, z: jax.Array, key: jax.Array, nu
     """
     keys = jax.random.split(key, z.shape[0])
     if v0 is None:
-        return jax.vmap(lambda zi, ki: smallest_singular_value(fn, zi, ki, num_iters))(z, keys)
-    return jax.vmap(lambda zi, ki, vi: smallest_singular_value(fn, zi, ki, num_iters, vi))(z, keys, v0)
+        return jax.vmap(lambda zi, ki: smallest_singular_value(fn, zi, ki, num_iters, algorithm=algorithm))(z, keys)
+    return jax.vmap(lambda zi, ki, vi: smallest_singular_value(fn, zi, ki, num_iters, vi, algorithm))(z, keys, v0)
 
 
 def log_det_jacobian(fn: Callable, z: jax.Array) -> jax.Array:

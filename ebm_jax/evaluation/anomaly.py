@@ -1,7 +1,10 @@
 """Anomaly and out-of-distribution metrics from scores (higher = more anomalous), in numpy.
 
   auroc(scores_normal, scores_anomalous)    area under the ROC curve, ties counted as one half
-  auprc(scores_normal, scores_anomalous)    average precision with the anomalies as positives
+  auprc_trapezoid(scores_normal, scores_anomalous)   area under the precision-recall curve by the
+                                            trapezoid rule, sklearn's auc(recall, precision) over
+                                            precision_recall_curve: what MEG's and Zenati et al.'s code report
+  average_precision(scores_normal, scores_anomalous) the step-wise area (sklearn's average_precision_score)
   fpr_at_tpr(scores_normal, scores_anomalous, 0.8)   false-positive rate at 80% true positives (FPR80)
   precision_recall_f1(scores, labels, fraction)      at the threshold flagging `fraction` of the rows
 """
@@ -44,7 +47,7 @@ def _curve(s, y):
     return tp, fp, y.sum(), len(y) - y.sum()
 
 
-def auprc(scores_normal, scores_anomalous) -> float:
+def average_precision(scores_normal, scores_anomalous) -> float:
     """Average precision: sum over thresholds of (recall_k - recall_{k-1}) * precision_k (as
     sklearn.metrics.average_precision_score, anomalies positive)."""
     s, y = _labelled(scores_normal, scores_anomalous)
@@ -52,6 +55,19 @@ def auprc(scores_normal, scores_anomalous) -> float:
     precision = tp / (tp + fp)
     recall = tp / n_pos
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+
+
+def auprc_trapezoid(scores_normal, scores_anomalous) -> float:
+    """Area under the precision-recall curve by the trapezoid rule between the curve's points, one
+    per distinct threshold, starting from (recall 0, precision 1): sklearn's
+    auc(*precision_recall_curve(...)[1::-1]) as MEG's and Zenati et al.'s evaluation code computes
+    its AUPRC. Linear interpolation of precision is optimistic between distant thresholds, so it is
+    at least the average precision on most curves."""
+    s, y = _labelled(scores_normal, scores_anomalous)
+    tp, fp, n_pos, _ = _curve(s, y)
+    precision = np.r_[1.0, tp / (tp + fp)]
+    recall = np.r_[0.0, tp / n_pos]
+    return float(np.sum(np.diff(recall) * 0.5 * (precision[1:] + precision[:-1])))
 
 
 def fpr_at_tpr(scores_normal, scores_anomalous, tpr: float = 0.8) -> float:
@@ -65,10 +81,11 @@ def fpr_at_tpr(scores_normal, scores_anomalous, tpr: float = 0.8) -> float:
 def precision_recall_f1(scores, labels, fraction: float):
     """Precision, recall and F1 of the anomalies (labels 1) when the `fraction` of rows with the
     highest scores is flagged (the DAGMM / MEG KDD99 protocol: the threshold is the score's
-    (1 - fraction) quantile)."""
+    (1 - fraction) quantile, and rows scoring AT it are flagged too, as MEG's KDD99 code does with
+    np.percentile and `>=`, which matters for tied scores)."""
     scores, labels = np.asarray(scores, np.float64).ravel(), np.asarray(labels).ravel().astype(bool)
     threshold = np.quantile(scores, 1.0 - fraction)
-    flagged = scores > threshold
+    flagged = scores >= threshold
     tp = np.sum(flagged & labels)
     precision = tp / max(np.sum(flagged), 1)
     recall = tp / max(np.sum(labels), 1)
@@ -77,6 +94,9 @@ def precision_recall_f1(scores, labels, fraction: float):
 
 
 def ood_metrics(scores_in, scores_out, prefix: str) -> dict:
-    """AUROC, AUPRC and FPR80 of separating out-of-distribution (positive) from in-distribution data."""
-    return {f"{prefix}/auroc": auroc(scores_in, scores_out), f"{prefix}/auprc": auprc(scores_in, scores_out),
+    """AUROC, AUPRC (trapezoid), average precision and FPR80 of separating out-of-distribution
+    (positive) from in-distribution data."""
+    return {f"{prefix}/auroc": auroc(scores_in, scores_out),
+            f"{prefix}/auprc_trapezoid": auprc_trapezoid(scores_in, scores_out),
+            f"{prefix}/average_precision": average_precision(scores_in, scores_out),
             f"{prefix}/fpr80": fpr_at_tpr(scores_in, scores_out, 0.8)}

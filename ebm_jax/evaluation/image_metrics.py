@@ -6,7 +6,7 @@
   frechet_distance(mu1, sigma1, mu2, sigma2)        ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))
   inception_score(logits, splits=10)                exp(E_x KL(p(y|x) || p(y))): mean and std over splits
   load_feature_network(spec)                        a user's network x -> (logits, pool features) from 'module:function'
-  evaluate_image_samples(samples, dataset, eval_config, generate, key)   the metrics that apply, for train.evaluate_model
+  evaluate_image_samples(samples, dataset, eval_config, generate, key)   the metrics that apply, for evaluation.model_eval.evaluate_model
 
 Which metrics apply (evaluate_image_samples) follows the data shape and the config, never the method:
   * eval.classifier_path set, images (28, 28, 1): `{kind}/classifier_fd`, the Fréchet distance between
@@ -261,7 +261,7 @@ def network_metrics(net: Callable, x, reference_stats, splits: int = 10, batch: 
 
 
 # ---------------------------------------------------------------------------------------------
-# What train.evaluate_model calls
+# What evaluation.model_eval.evaluate_model calls
 # ---------------------------------------------------------------------------------------------
 
 def check_eval_config(eval_config, ConfigError=ValueError) -> None:
@@ -293,10 +293,11 @@ def _metric_samples(samples, kind, n, generate, key):
     x = np.asarray(samples[kind])
     if kind == "generator" and generate is not None and len(x) < n:
         import jax
-        gen = jax.jit(generate, static_argnums=1)  # a fixed chunk size: one compiled sampler for every chunk
+        # `generate` is compiled by the caller with the parameters as an argument; a fixed chunk size
+        # keeps it to one program for every chunk
         extra, chunk, i = [], min(n, 1000), 0
         while len(x) + sum(map(len, extra)) < n:
-            extra.append(np.asarray(gen(jax.random.fold_in(key, i), chunk)))
+            extra.append(np.asarray(generate(jax.random.fold_in(key, i), chunk)))
             i += 1
         x = np.concatenate([x] + extra)
     return x[:n]

@@ -1,10 +1,20 @@
 """Evaluation of models of 2-D data on a grid (the convention is in ebm_jax/data/toys.py).
 
 The model density is p(x) = exp(-E(x)/T) / Z with Z approximated by the Riemann sum of exp(-E/T) over
-a uniform grid on [-extent, extent]^2 (grid_size points per side, cell-centred). With it:
+a uniform, cell-centred grid. Two grids:
+  * the picture's square [-extent, extent]^2 with eval.grid_size points per side;
+  * the metric grid [-R, R]^2, R = eval.grid_extent (0 = twice the data's extent), at the same cell
+    size. A model can put mass outside the square its data fill (MALA in data space drifts there),
+    and normalising over the square alone would hide it; Z, the NLL and both KLs use the metric grid,
+    and `density/mass_outside_square` / `density/mass_at_grid_edge` report how much of the model's
+    mass lies outside the square and in the metric grid's outermost tenth (if the latter is not
+    small, widen eval.grid_extent).
+With it:
   * held-out NLL = mean over test points of E(x)/T + log Z (nats);
-  * KL(p_data || p_model) for toys with a known density, between the two densities discretised on
-    the same grid (cell masses), in nats;
+  * KL(p_data || p_model) (`kl_data_model`) for toys with a known density, between the two densities
+    discretised on the metric grid (cell masses), in nats; and KL(p_model || p_data)
+    (`kl_model_data`) where the data density is known in closed form and positive everywhere (the
+    Gaussian mixtures; it is infinite for a density with holes, such as the checkerboard);
   * for Gaussian mixtures, each sample is assigned to its nearest centre; it is high quality if it is
     within 3 standard deviations of that centre, and a mode is covered if it receives at least
     `min_count` high-quality samples.
@@ -56,6 +66,16 @@ def kl_on_grid(log_p_data: np.ndarray, log_p_model: np.ndarray) -> float:
     return float(np.sum(pa[mask] * (a[mask] - b[mask])))
 
 
+def metric_grid(extent: float, size: int, grid_extent: float = 0.0):
+    """(half-width R, points per side n) of the metric grid: R about grid_extent (0: 2 x extent), at the
+    cell size of the picture's grid (2 extent / size) and with the picture's cells among its own, i.e.
+    n = size + 2m whole cells."""
+    r = max(float(grid_extent) or 2.0 * float(extent), float(extent))
+    m = int(round((size * r / float(extent) - size) / 2.0))
+    n = size + 2 * m
+    return float(extent) * n / size, n
+
+
 def histogram_log_density(sample_fn: Callable, extent: float, size: int, num_samples: int = 2_000_000,
                           seed: int = 0) -> np.ndarray:
     """(size, size) log cell masses of `num_samples` fresh draws binned on the evaluation grid (rows = y),
@@ -68,36 +88,65 @@ def histogram_log_density(sample_fn: Callable, extent: float, size: int, num_sam
         return np.log(counts / max(1, counts.sum()))
 
 
-def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: float, min_count: int) -> Dict[str, float]:
-    d = np.sqrt(np.sum((samples[:, None, :] - centers[None]) ** 2, axis=-1))
+def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: Optional[float], min_count: int,
+                 covariances: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> Dict[str, float]:
+    """Each sample goes to its nearest centre (in Mahalanobis distance when the components have
+    covariances) and is high quality within 3 standard deviations of it; a mode is covered with
+    `min_count` high-quality samples. With `weights`, mode_frequency_kl = KL(data weights || the
+    high-quality samples' mode frequencies, add-one smoothed), in nats."""
+    samples = np.asarray(samples, np.float64)
+    r = samples[:, None, :] - centers[None]
+    if covariances is None:
+        d = np.sqrt(np.sum(r ** 2, axis=-1)) / std
+    else:
+        d = np.sqrt(np.einsum("nki,kij,nkj->nk", r, np.linalg.inv(covariances), r))
     nearest, dist = np.argmin(d, axis=1), np.min(d, axis=1)
-    high_quality = dist < 3.0 * std
+    high_quality = dist < 3.0
     counts = np.bincount(nearest[high_quality], minlength=len(centers))
-    return {"modes_covered": int(np.sum(counts >= max(1, min_count))),
-            "num_modes": int(len(centers)),
-            "high_quality_fraction": float(np.mean(high_quality))}
+    out = {"modes_covered": int(np.sum(counts >= max(1, min_count))),
+           "num_modes": int(len(centers)),
+           "high_quality_fraction": float(np.mean(high_quality))}
+    if weights is not None:
+        freq = (counts + 1.0) / (counts.sum() + len(centers))
+        out["mode_frequency_kl"] = float(np.sum(weights * np.log(weights / freq)))
+    return out
 
 
 def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 1.0,
                 samples: Optional[Dict[str, np.ndarray]] = None):
-    """Metrics dict and the grid log density for a model of a 2-D dataset.
+    """Metrics dict and the picture's grid log density (normalised over the picture's square) for a
+    model of a 2-D dataset.
 
     samples: optional {'generator': (n, 2), 'mcmc': (n, 2)} arrays to score against the mixture modes.
     """
     extent, size = float(dataset.extent), int(eval_config.grid_size)
-    log_p, log_z = grid_log_density(energy_fn, extent, size, temperature)
+    r, n = metric_grid(extent, size, float(eval_config.get("grid_extent", 0.0)))
+    log_p_big, log_z = grid_log_density(energy_fn, r, n, temperature)
+    axis, pts, _ = grid_points(r, n)
+    inside = (np.abs(pts[:, 0]) < extent) & (np.abs(pts[:, 1]) < extent)
+    edge = (np.abs(pts[:, 0]) > 0.9 * r) | (np.abs(pts[:, 1]) > 0.9 * r)
+    mass = np.exp(log_p_big.ravel() - _logsumexp(log_p_big.ravel()))
     metrics = {"log_partition": log_z,
-               "test_nll": float(np.mean(batched(energy_fn, dataset.test)) / temperature + log_z)}
+               "test_nll": float(np.mean(batched(energy_fn, dataset.test)) / temperature + log_z),
+               "density/mass_outside_square": float(np.sum(mass[~inside])),
+               "density/mass_at_grid_edge": float(np.sum(mass[edge]))}
     toy = dataset.toy
     if toy is not None and toy.log_density is not None:
-        _, pts, _ = grid_points(extent, size)
-        metrics["kl_data_model"] = kl_on_grid(toy.log_density(pts).reshape(size, size), log_p)
+        log_p_data = toy.log_density(pts).reshape(n, n)
+        metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
+        if np.all(np.isfinite(log_p_data)):
+            metrics["kl_model_data"] = kl_on_grid(log_p_big, log_p_data)
     elif toy is not None:
-        metrics["kl_data_model"] = kl_on_grid(histogram_log_density(toy.sample, extent, size), log_p)
+        metrics["kl_data_model"] = kl_on_grid(histogram_log_density(toy.sample, r, n), log_p_big)
     if toy is not None and toy.centers is not None:
         for kind, x in (samples or {}).items():
-            for k, v in mode_metrics(np.asarray(x), toy.centers, toy.std, eval_config.mode_min_count).items():
+            for k, v in mode_metrics(np.asarray(x), toy.centers, toy.std, eval_config.mode_min_count,
+                                     toy.covariances, toy.weights).items():
                 metrics[f"{kind}/{k}"] = v
+    # the picture: the square's cells of the metric grid, renormalised over the square
+    lo = (n - size) // 2
+    log_p = log_p_big[lo:lo + size, lo:lo + size]
+    log_p = log_p - _logsumexp(log_p.ravel()) - np.log((2.0 * extent / size) ** 2)
     return metrics, log_p
 
 
@@ -148,9 +197,9 @@ def plot_samples_2d(x: np.ndarray, extent: Optional[float], title: str = "") -> 
         ax.set_xlim(-extent, extent)
         ax.set_ylim(-extent, extent)
     ax.set_aspect("equal")
-    ax.set_title(title)
+    ax.set_title(title, fontsize=9)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")   # the whole title, however long
     plt.close(fig)
     return buf.getvalue()
 

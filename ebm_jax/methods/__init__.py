@@ -6,6 +6,7 @@ from ebm_jax.methods.base import ConfigError, GeneratorEnergyMethod
 from ebm_jax.methods.ebm_bb import BidirectionalBounds, WGANZeroGP, ZeroGPBounds
 from ebm_jax.methods.ddgm import DeepDirectedGenerativeModel
 from ebm_jax.methods.meg import MEG
+from ebm_jax.methods.references import ExactLikelihood, PersistentContrastiveDivergence
 from ebm_jax.methods.stein import SteinCD, SteinGAN
 from ebm_jax.methods.triangle import DivergenceTriangle
 
@@ -19,6 +20,8 @@ METHODS = {
     "steingan": SteinGAN,   # method.alpha > 0: SteinCD-GAN(alpha)
     "ddgm": DeepDirectedGenerativeModel,   # Kim & Bengio 2016
     "triangle": DivergenceTriangle,        # Han et al. 2020: VAE + latent EBM f(x, z)
+    "mle": ExactLikelihood,                # reference: exact maximum likelihood of 2-D data (log Z on a grid)
+    "pcd": PersistentContrastiveDivergence,  # reference: Du & Mordatch 2019, short-run Langevin from a buffer
 }
 
 

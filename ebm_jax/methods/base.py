@@ -1,6 +1,5 @@
 """What every method shares: optimisers from the config, sampling and anomaly scores for an
 energy paired with a generator. Method modules subclass `GeneratorEnergyMethod`."""
-import math
 from typing import Any, Dict, Tuple
 
 import jax
@@ -8,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators
-from ebm_jax.errors import ConfigError
+from ebm_jax.errors import ConfigError, check_positive  # noqa: F401  (re-exported for the methods)
 from ebm_jax.models import is_normalized_generator
 from ebm_jax.models.precision import resolve_compute_dtype
 
@@ -202,17 +201,23 @@ class GeneratorEnergyMethod:
         raise ConfigError(f"anomaly score kind {kind!r} is unknown; valid kinds are {list(ANOMALY_KINDS)}.")
 
 
-def check_positive(config, path: str, integer: bool = False, allow_zero: bool = False):
-    """Raises ConfigError unless config.<path> is a positive (or non-negative) number."""
-    node = config
-    for part in path.split("."):
-        node = node[part]
-    ok = isinstance(node, (int, float)) and not isinstance(node, bool) and math.isfinite(node)
-    if ok and integer:
-        ok = float(node).is_integer()
-    if ok:
-        ok = node >= 0 if allow_zero else node > 0
-    if not ok:
-        kind = "integer" if integer else "number"
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"config.{path}={node!r} is invalid; it must be a finite {kind} {bound}.")
+class EnergyOnlyMethod(GeneratorEnergyMethod):
+    """An energy trained without a generator (SteinCD, CD-k, exact maximum likelihood, PCD): sampling
+    is data-space MALA from N(0, I) targeting exp(-E(x) / T)."""
+    has_generator = False
+
+    def generate(self, params, z):
+        raise ConfigError(f"{self.name} trains an energy without a generator; draw samples with "
+                          "model.sample(key, n, mcmc_steps=...) (data-space MALA).")
+
+    def sample(self, params, key, n: int, mcmc_steps: int = 0, step_size: float = 0.01,
+               space: str = "latent", temperature: float = 1.0, include_prior: bool = True):
+        """Data-space MALA from N(0, I) targeting exp(-E(x) / T); `space` is ignored (there is no latent
+        space, both values mean data space here)."""
+        if mcmc_steps < 1:
+            raise ConfigError(f"{self.name} has no generator; sampling needs mcmc_steps >= 1 (data-space MALA), "
+                              f"got {mcmc_steps}.")
+        k0, k1 = jax.random.split(key)
+        x0 = jax.random.normal(k0, (n,) + self.data_shape)
+        return estimators.mala_chain(lambda x: -self.energy(params, x) / temperature, x0, k1, mcmc_steps, step_size)
+

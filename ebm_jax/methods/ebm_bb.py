@@ -8,13 +8,19 @@ call. They differ only in two switches:
   EBM-0GP  Eq. 9 + zero-centred gradient penalty on real data          -(lower bound), Eq. 11
   WGAN-0GP Eq. 9 + zero-centred gradient penalty on real data          mean E(G(z)) (no entropy)
 
-Lower bound (Eq. 11):  E_data[E] - E_g[E] + H[p_0] + E_z[d log s_1(z)],  H[p_0] = d/2 (1 + log 2 pi),
-with s_1 the smallest singular value of J_z = dG/dz found by LOBPCG on J^T J (entropy='lobpcg'), or
-the exact 0.5 log det J^T J in place of d log s_1 (entropy='exact', small latent sizes).
+Lower bound (Eq. 11):  E_data[E] - E_g[E] + H[p_0] + E_z[d log s_1(z)],  H[p_0] = d/2 (1 + log 2 pi)
+(d log 2 for model.prior='uniform'), with s_1 the smallest singular value of J_z = dG/dz from
+(method.entropy):
+  'svd'      the explicit per-sample Jacobian and its exact s_1 (closed form for d <= 2, an SVD
+             otherwise), as the reference toy script does with torch.svd;
+  'lanczos'  Golub-Kahan-Lanczos bidiagonalisation with jvp / vjp products, method.lanczos_iters
+             steps (0 = d, which is exact); never forms J;
+  'lobpcg'   single-vector LOBPCG on J^T J with method.lobpcg_iters iterations (Sec. 3, Eq. 16-17);
+  'exact'    0.5 log det J^T J in place of d log s_1 (the entropy itself, Eq. 8; small d).
 
 Upper-bound penalty (Eqs. 18-20 with p = 2 and M / s_1^2 = c / d, Appendix C):
   [ (c/d) E_z || grad_x E(G(z)) J_z + grad_z log p_g(G(z)) ||^2 - zeta ]_+
-with grad_z log p_g(G(z)) = -z - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator in place of
+with grad_z log p_g(G(z)) = grad_z log p_0(z) - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator in place of
 the log-determinant, as Sec. 3 says), and the squared norm estimated by Hutchinson's estimator
 (Eq. 19) with `num_probes` Gaussian probes (estimators.hutchinson_squared_norm).
 
@@ -26,28 +32,29 @@ reference draws fresh random start vectors every call).
 import math
 from typing import Any, Dict
 
-import ml_collections
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from ebm_jax.data import toys as toy_names
+from ebm_jax import kernels, parallel
 from ebm_jax.estimators import singular_values as sv
 from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 # EBM-0GP's and WGAN-0GP's critic loss is MEG's L_E: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2
 from ebm_jax.methods.meg import energy_loss as zero_gp_energy_loss
 from ebm_jax.models import NormalizedGeneratorMLP, build_energy, build_generator
 
-ENTROPY_ESTIMATORS = ("lobpcg", "exact")
+ENTROPY_ESTIMATORS = ("svd", "lanczos", "lobpcg", "exact")
+PRECISIONS = ("default", "high", "highest")   # jax.default_matmul_precision for the Jacobian products
 
 
 def hinge(a):
     return jnp.maximum(a, 0.0)
 
 
-def prior_entropy(d: int) -> float:
-    """H[N(0, I_d)] = d/2 (1 + log 2 pi)."""
+def prior_entropy(d: int, prior: str = "gaussian") -> float:
+    """H[p_0]: d/2 (1 + log 2 pi) for N(0, I_d), d log 2 for U(-1, 1)^d."""
+    if prior == "uniform":
+        return d * math.log(2.0)
     return 0.5 * d * (1.0 + math.log(2.0 * math.pi))
 
 
@@ -73,7 +80,7 @@ def batch_jacobian(fb, z):
     b, d = z.shape[0], z.shape[1]
     out, vjp = jax.vjp(lambda zz: fb(zz).reshape(b, -1), z)
     D = out.shape[1]
-    if D <= d:
+    if D <= d and kernels.cpu_rewrites():
         basis = jnp.broadcast_to(jnp.eye(D, dtype=out.dtype)[:, None, :], (D, b, D))
         return jnp.transpose(jax.vmap(lambda t: vjp(t)[0])(basis), (1, 0, 2))
     basis = jnp.broadcast_to(jnp.eye(d, dtype=z.dtype)[:, None, :], (d,) + z.shape)
@@ -94,7 +101,13 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         if self.use_entropy:
             if m.entropy not in ENTROPY_ESTIMATORS:
                 raise ConfigError(f"method.entropy {m.entropy!r} is unknown; valid estimators are {list(ENTROPY_ESTIMATORS)}.")
-            check_positive(config, "method.lobpcg_iters", integer=True)
+            if m.entropy == "lobpcg":
+                check_positive(config, "method.lobpcg_iters", integer=True)
+            if m.entropy == "lanczos":
+                check_positive(config, "method.lanczos_iters", integer=True, allow_zero=True)
+            if m.get("jacobian_precision", "default") not in PRECISIONS:
+                raise ConfigError(f"method.jacobian_precision={m.jacobian_precision!r} is invalid; valid values are "
+                                  f"{list(PRECISIONS)}.")
         if self.use_upper_bound:
             check_positive(config, "method.bound_c")
             check_positive(config, "method.zeta", allow_zero=True)
@@ -103,6 +116,7 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             check_positive(config, "method.penalty_weight", allow_zero=True)
         check_positive(config, "method.anisotropy_samples", integer=True, allow_zero=True)
         mc = config.model
+        self.prior_kind = mc.get("prior", "gaussian")
         self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
         if mc.generator.get("kind", "mlp") == "mlp":
             # Tables 6-7: Linear, PReLU, BN layers
@@ -137,18 +151,41 @@ class BidirectionalBounds(GeneratorEnergyMethod):
 
     # ---- entropy pieces ----
     def _log_volume(self, fn, z, key, v0):
-        """Per-sample (d log s_1(z), s_1, warm-start vector) with entropy='lobpcg', or
-        (0.5 log det J^T J, None, v0) with entropy='exact'; the first entry is differentiable in the
-        generator's parameters and in z (s_1 = ||J v|| with the converged v held fixed)."""
+        """Per-sample (d log s_1(z), s_1, right singular vector) with entropy 'svd' / 'lanczos' /
+        'lobpcg', or (0.5 log det J^T J, None, v0) with 'exact'; the first entry is differentiable in
+        the generator's parameters and in z (s_1 = ||J v|| with v held fixed)."""
         cfg = self.config.method
-        if cfg.entropy == "exact":
-            return sv.log_det_jacobian(fn, z), None, v0
-        s1, v = sv.smallest_singular_value(fn, z, key, int(cfg.lobpcg_iters), v0)
-        return self.latent_shape[0] * jnp.log(s1), s1, v
+        d = self.latent_shape[0]
+        with self.jacobian_precision():
+            if cfg.entropy == "exact":
+                return sv.log_det_jacobian(fn, z), None, v0
+            if cfg.entropy == "svd":
+                s1, v = sv.smallest_singular_value_exact(fn, z)
+            elif cfg.entropy == "lanczos":
+                s1, v = sv.smallest_singular_value(fn, z, key, int(cfg.lanczos_iters) or d, v0, "lanczos")
+            else:
+                s1, v = sv.smallest_singular_value(fn, z, key, int(cfg.lobpcg_iters), v0, "lobpcg")
+        return d * jnp.log(s1), s1, v
+
+    def jacobian_precision(self):
+        """jax.default_matmul_precision(method.jacobian_precision) for the entropy's Jacobian products.
+        On TPUs (and as TF32 on A100 and newer GPUs) float32 matmuls run at reduced precision by default,
+        which costs s_1 its small digits; 'highest' computes them in full float32 ('default' leaves
+        JAX's setting). No effect on a CPU."""
+        import contextlib
+        p = self.config.method.get("jacobian_precision", "default")
+        return contextlib.nullcontext() if p == "default" else jax.default_matmul_precision(p)
+
+    def _prior_score(self, z):
+        """grad_z log p_0(z): -z for N(0, I); 0 for U(-1, 1)^d (flat inside the box, where z lies)."""
+        if self.prior_kind == "uniform":
+            return jnp.zeros_like(z)
+        return -z
 
     def _latent_score(self, fn, z, key, v0):
-        """grad_z log p_g(G(z)) = -z - grad_z (d log s_1(z))  (Eq. 8 with the entropy estimator)."""
-        return -z - jax.grad(lambda zz: self._log_volume(fn, zz, key, v0)[0])(z)
+        """grad_z log p_g(G(z)) = grad_z log p_0(z) - grad_z (d log s_1(z))  (Eq. 8 with the entropy
+        estimator in place of the log-determinant)."""
+        return self._prior_score(z) - jax.grad(lambda zz: self._log_volume(fn, zz, key, v0)[0])(z)
 
     def _upper_bound_sq(self, e_params, fn, z, key, w):
         """Hutchinson estimate of ||grad_x E(G(z)) J_z + w||^2 for one z (Eq. 19), w = grad_z log p_g."""
@@ -168,7 +205,9 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         # every latent batch of the iteration (n_critic critic steps, then the generator step) in one
         # draw: on a CPU each random-number call is a small loop of its own, a few percent of a toy iteration
         nc = self.batches_per_step
-        z_all = self.prior(k_z, (nc + 1) * b).reshape((nc + 1, b) + self.latent_shape)
+        z_all = parallel.shard_rows(self.prior(k_z, (nc + 1) * b).reshape((nc + 1, b) + self.latent_shape), axis=1)
+        # the warm starts are per example too: each device reads the rows of its share
+        v_prev = parallel.shard_rows(v_prev)
 
         def critic_update(carry, inputs):
             e_params, e_opt = carry
@@ -181,8 +220,8 @@ class BidirectionalBounds(GeneratorEnergyMethod):
                 fn = self.gen.per_sample(g_params, batch_stats, jax.lax.stop_gradient(stats))
                 k_lob, k_probe = jax.random.split(k_ub)
                 w = jax.lax.stop_gradient(jax.vmap(lambda zz, kk, vv: self._latent_score(fn, zz, kk, vv))(
-                    z, jax.random.split(k_lob, b), v_prev))
-                probe_keys = jax.random.split(k_probe, b)
+                    z, parallel.shard_rows(jax.random.split(k_lob, b)), v_prev))
+                probe_keys = parallel.shard_rows(jax.random.split(k_probe, b))
 
             def loss_fn(ep):
                 energy_fn = lambda v: self.energy({"energy": ep}, v)
@@ -198,13 +237,17 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
         keys = jax.random.split(k_critic, nc)   # the upper bound's LOBPCG starts and Hutchinson probes
-        # A Python loop, not lax.scan: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic
-        # steps 2.7x slower (800 vs 300 ms per iteration with 5 critic steps), and even a fully unrolled
-        # scan (a one-trip loop) kept the DCGAN energy's weight-gradient convolutions in a layout XLA:CPU
-        # runs ~4x slower (issue 9's speed table: WGAN-0GP at 32x32 spent 1.2 of 1.33 s in six of them)
         carry = (params["energy"], opt_state["energy"])
-        for i in range(nc):
-            carry, last = critic_update(carry, (batch[i], keys[i], z_all[i]))
+        if kernels.cpu_rewrites():
+            # A Python loop, not lax.scan: inside a while loop XLA:CPU compiled MEG's StackedMNIST critic
+            # steps 2.7x slower (800 vs 300 ms per iteration with 5 critic steps), and even a fully unrolled
+            # scan (a one-trip loop) kept the DCGAN energy's weight-gradient convolutions in a layout XLA:CPU
+            # runs ~4x slower (WGAN-0GP at 32x32 with batch 8 spent 1.2 of 1.33 s in six of them)
+            for i in range(nc):
+                carry, last = critic_update(carry, (batch[i], keys[i], z_all[i]))
+        else:
+            carry, lasts = jax.lax.scan(critic_update, carry, (batch, keys, z_all[:nc]))
+            last = jax.tree_util.tree_map(lambda a: a[-1], lasts)
         e_params, e_opt = carry
         z = z_all[nc]
 
@@ -214,10 +257,21 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             n_aniso = min(int(cfg.anisotropy_samples), b)
             aux = {"energy_generated": jnp.mean(e_gen)}
             fn = self.gen.per_sample(gp, batch_stats, stats)
-            if self.use_entropy and cfg.entropy == "exact":
-                # one explicit Jacobian per sample serves both the log-determinant and C_z
-                jac = batch_jacobian(self.gen.given_batch(gp, batch_stats, stats), z)      # (b, D, d)
-                log_vol, s1, v_new = jax.vmap(sv.log_det_from_jacobian)(jac), None, v_prev
+            if self.use_entropy and cfg.entropy in ("exact", "svd"):
+                # one explicit Jacobian per sample serves the log-determinant or s_1, and C_z
+                fb = self.gen.given_batch(gp, batch_stats, stats)
+                with self.jacobian_precision():
+                    if cfg.entropy == "exact":
+                        jac = batch_jacobian(fb, z)                                      # (b, D, d)
+                        log_vol, s1, v_new = jax.vmap(sv.log_det_from_jacobian)(jac), None, v_prev
+                    else:
+                        # s_1 = ||J v|| with v from the exact Jacobian, formed without gradient; the
+                        # gradient is one batched jvp (rows are independent) instead of d of them
+                        jac = jax.lax.stop_gradient(batch_jacobian(fb, z))
+                        _, v_new = jax.vmap(sv.smallest_singular_value_from_jacobian)(jac)
+                        jv = jax.jvp(lambda zz: fb(zz).reshape(b, -1), (z,), (v_new,))[1]
+                        s1 = jnp.sqrt(jnp.sum(jv * jv, axis=1))
+                        log_vol = d * jnp.log(s1)
                 if n_aniso:
                     aux["anisotropy"] = jnp.mean(jax.vmap(sv.anisotropy_from_jacobian)(
                         jax.lax.stop_gradient(jac[:n_aniso])))
@@ -230,10 +284,14 @@ class BidirectionalBounds(GeneratorEnergyMethod):
                 if not self.use_entropy:
                     return jnp.mean(e_gen), (new_stats, v_prev, aux)
                 log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
-                    z, jax.random.split(k_lob, b), v_prev)
+                    z, parallel.shard_rows(jax.random.split(k_lob, b)), v_prev)
             aux["log_volume"] = jnp.mean(log_vol)
-            if s1 is not None:  # LOBPCG; the exact log-det path has no separate s_1
+            if s1 is not None:  # the exact log-det path has no separate s_1
                 aux.update(s_min_mean=jnp.mean(s1), s_min_min=jnp.min(s1), s_min_max=jnp.max(s1))
+                # ||J^T J v - s^2 v|| / s^2 of the vector the gradient used: ~0 when s_1 is converged
+                fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
+                aux["entropy_residual"] = jnp.mean(jax.vmap(lambda zz, vv: sv.relative_residual(fn_fixed, zz, vv))(
+                    z, v_new))
             return generator_loss(e_gen, log_vol), (new_stats, v_new, aux)
 
         (g_loss, (new_stats, v_new, gen_metrics)), g_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(g_params)
@@ -246,7 +304,7 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             "generator_loss": g_loss,
         }
         if self.use_entropy:
-            metrics["entropy"] = prior_entropy(d) + gen_metrics["log_volume"]
+            metrics["entropy"] = prior_entropy(d, self.prior_kind) + gen_metrics["log_volume"]
             metrics["lower_bound"] = last["energy_real"] - gen_metrics["energy_generated"] + metrics["entropy"]
         if self.use_upper_bound:
             metrics["upper_bound"] = metrics["lower_bound"] + last["penalty"]
@@ -270,107 +328,3 @@ class WGANZeroGP(BidirectionalBounds):
 
 
 METHOD_CLASSES = {"ebm_bb": BidirectionalBounds, "ebm_0gp": ZeroGPBounds, "wgan_0gp": WGANZeroGP}
-TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
-
-
-def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:
-    """The shared config of configs/ebm_bb.py, ebm_0gp.py and wgan_0gp.py.
-
-    VARIANT = comma-separated tokens: a dataset, 25gaussians (default), any toy of ebm_jax/data/toys.py,
-    or mnist (the idx files in data.data_dir, default ../shared/data/mnist; Table 7 MLPs, latent 128,
-    batch 64, 60 epochs, c = 0.001), stacked_mnist (Table 7's MLPs with 2352 inputs), cifar10 / celeba
-    (Table 8's DCGAN, Table 11's CIFAR-10 optimiser), kdd / mnist_anomaly (MEG's networks for those sets,
-    c = 0.1 "for OOD"); and 'paper' for the upper bound's constants as the paper's text gives them
-    (zeta = 1, c = 0.1 on the toys) instead of the reference toy script's.
-
-    Toy defaults follow Tables 6 and 11: 2-100-100 PReLU networks with BN in the generator, Adam(0, 0.9),
-    lr 2e-4, batch 200, latent 2, one critic step per generator step, 150k iterations. The entropy is
-    d log s_1 with s_1 from warm-started LOBPCG (method.lobpcg_iters); method.entropy='exact' uses
-    0.5 log det J^T J (small latent sizes only). From the reference toy script (train_toy.py), not the
-    paper: the energy's layers are spectrally normalised and followed by a learnable scale; the
-    EBM-0GP / WGAN-0GP penalty weight is 0.001; and EBM-BB's hinge has no margin (its `thre` = 0)
-    with a weight that decays from c = 0.0099 to 0.001 over 150k iterations (0.7 (2307 + t)^-0.55,
-    times its 0.5 on the squared norm, is c / d with d = 2). Here c is the constant 0.003, between the two.
-    Measured on 25-Gaussians at 150k iterations: zeta = 0, c = 0.003 gave KL(data||model) 1.69 and
-    all 25 modes under MALA; the paper's zeta = 1, c = 0.1 gave 3.85 (README).
-    """
-    from ebm_jax import configlib
-    c = configlib.base_config()
-    c.method.name = method_name
-    c.method.n_critic = 1
-    c.method.entropy = "lobpcg"       # d log s_1 (Eq. 11); 'exact' = 0.5 log det J^T J, for small d
-    c.method.lobpcg_iters = 5
-    # M / s_1^2 = c / d (Appendix C: c = 0.1 "for density estimation", 0.001 for generation (MNIST));
-    # the toys use the reference script's smaller weight and no margin (see the docstring)
-    c.method.bound_c = 0.003
-    c.method.zeta = 0.0               # hinge margin of Eq. 20 (the paper's text: 1)
-    c.method.num_probes = 1           # Hutchinson probes of Eq. 19
-    # EBM-0GP / WGAN-0GP: weight of the zero-centred gradient penalty; the paper gives none, 0.001 is
-    # the reference toy script's gp_weight (with its spectrally normalised energy)
-    c.method.penalty_weight = 0.001
-    # z's per iteration for the logged C_z of Eq. 21 (0 = not logged during training; evaluation reports
-    # generator/anisotropy for every method either way). The toys log it; real data, with d = 128, do not.
-    c.method.anisotropy_samples = 16
-
-    # Table 6 (toys): energy 2-100-100-1 with PReLU; generator 2-100-100-2 with Linear, PReLU, BN.
-    c.model.latent_dim = 2
-    # spectral_norm: the reference toy energy wraps every Linear in spectral_norm and ends in a learnable scale
-    c.model.energy = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "spectral_norm": True})
-    c.model.generator = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "batch_norm": True})
-    del c.model["statistics"]
-
-    # Table 11 (toys): Adam(0.0, 0.9), lr 2e-4, batch 200, latent 2 (150k iterations in the paper).
-    c.optim.name = "adam"
-    c.optim.lr = 2e-4
-    c.optim.b1 = 0.0
-    c.optim.b2 = 0.9
-    c.optim.schedule = "constant"
-    c.data.batch_size = 200
-    c.train.num_steps = 150_000
-    c.train.log_every = 500
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 10_000
-
-    tokens = configlib.parse_variant(variant, datasets=TOYS + configlib.DATA_VARIANTS, extras=("paper",))
-    c.data.name = tokens.get("dataset", "25gaussians")
-    if c.data.name in configlib.DATA_VARIANTS and c.data.name != "mnist":
-        token = c.data.name
-        configlib.apply_data_variant(c, token, roles=("energy", "generator"))
-        c.method.zeta = 1.0           # Sec. 5.1
-        c.method.anisotropy_samples = 0
-        # Appendix C: c = 0.001 for generation, 0.1 for density estimation / OOD (the anomaly sets)
-        c.method.bound_c = 0.1 if token in ("kdd", "mnist_anomaly") else 0.001
-        if token == "stacked_mnist":
-            # Table 7's MLPs take 2352 = 3 x 784 inputs: StackedMNIST; Table 11: batch 64, 60 epochs
-            c.model.energy = ml_collections.ConfigDict({"hidden": (2000, 1000, 500, 250, 250), "activation": "prelu",
-                                                        "spectral_norm": False})
-            c.model.generator = ml_collections.ConfigDict({"hidden": (500, 1000, 2000), "activation": "prelu",
-                                                           "batch_norm": True})
-            c.train.num_steps = 60 * int(c.data.num_train) // 64
-        if token in ("cifar10", "celeba"):
-            # Table 8 networks (the DCGAN presets), Table 11's CIFAR-10 row: Adam(0.0, 0.999), 5e-5, 200k
-            c.optim.b2 = 0.999
-            c.optim.lr = 5e-5
-            c.train.num_steps = 200_000
-    elif c.data.name == "mnist":
-        # Table 7 MLPs (input 784: the table's 2352 = 3 x 784 counts three identical channels),
-        # Table 11: batch 64, latent 128, 60 epochs.
-        c.data.data_dir = "../shared/data/mnist"
-        c.data.batch_size = 64
-        c.train.steps_per_call = 1
-        c.method.anisotropy_samples = 0
-        c.model.latent_dim = 128
-        c.model.energy.hidden = (2000, 1000, 500, 250, 250)
-        c.model.generator.hidden = (500, 1000, 2000)
-        c.model.energy.spectral_norm = False  # Table 7 lists plain Linear layers
-        c.train.num_steps = 60 * 60000 // 64
-        c.method.bound_c = 0.001
-        c.method.zeta = 1.0
-        c.train.eval_every = 0
-        c.eval.num_samples = 64
-        c.sampling.num_samples = 64
-        c.sampling.step_size = 1e-4
-    if "paper" in tokens["extras"] and c.data.name != "mnist":
-        c.method.bound_c = 0.1        # Appendix C, for density estimation
-        c.method.zeta = 1.0           # Sec. 5.1: "In all experiments, zeta = 1"
-    return c

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ebm_jax import estimators
+from ebm_jax import estimators, kernels, parallel
 from ebm_jax.methods.base import Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import build_energy, build_generator, build_statistics
 
@@ -23,11 +23,15 @@ def energy_loss(energy_fn, x_real, x_fake, penalty_weight):
     return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
 
 
-def generator_loss(energy_fn, statistics_fn, x_fake, z, z_shuffled):
-    """L_G = mean E(G(z)) - I_JSD(G(z), z)   (Eq. 8); T maximises the same I_JSD (Eq. 7)."""
+def generator_loss(energy_fn, statistics_fn, x_fake, z, z_shuffled, entropy_weight=1.0):
+    """L_G = mean E(G(z)) - w I_JSD(G(z), z)   (Eq. 8 with w = 1); T maximises the same w I_JSD (Eq. 7).
+
+    w = 0.5 is the official code's weight: it adds BCEWithLogits over the 2m concatenated (joint,
+    marginal) pairs, whose mean is L_H / 2 = -I_JSD / 2, to mean E(G(z)). For T alone the factor does
+    not move the optimum; for G it halves the entropy term against the energy."""
     mi = estimators.jsd_mutual_information(statistics_fn(x_fake, z), statistics_fn(x_fake, z_shuffled))
     e_gen = jnp.mean(energy_fn(x_fake))
-    return e_gen - mi, {"energy_generated": e_gen, "mutual_information": mi}
+    return e_gen - entropy_weight * mi, {"energy_generated": e_gen, "mutual_information": mi}
 
 
 class MEG(GeneratorEnergyMethod):
@@ -38,6 +42,9 @@ class MEG(GeneratorEnergyMethod):
         super().__init__(config, data_shape)
         check_positive(config, "method.n_critic", integer=True)
         check_positive(config, "method.penalty_weight", allow_zero=True)
+        if "entropy_weight" in config.method:  # absent from configs saved before it existed: 1 (Eq. 8)
+            check_positive(config, "method.entropy_weight", allow_zero=True)
+        self.entropy_weight = float(config.method.get("entropy_weight", 1.0))
         m = config.model
         self.energy_net = build_energy(m.energy, self.data_shape, self.compute_dtype)
         self.gen = Generator(build_generator(m.generator, self.data_shape, self.compute_dtype))
@@ -75,7 +82,8 @@ class MEG(GeneratorEnergyMethod):
             e_params, e_opt = carry
             x_real, k = inputs
             # the generator in training mode (batch statistics), as the critic sees it in the reference
-            x_fake = self.gen.train_batch(params["generator"], g_stats, self.prior(k, batch_size), False)[0]
+            z_c = parallel.shard_rows(self.prior(k, batch_size))   # per-example work on each device's rows
+            x_fake = self.gen.train_batch(params["generator"], g_stats, z_c, False)[0]
             grad_fn = jax.grad(lambda p: energy_loss(
                 lambda v: self.energy({"energy": p}, v), x_real, x_fake, self.penalty_weight), has_aux=True)
             grads, aux = grad_fn(e_params)
@@ -83,17 +91,21 @@ class MEG(GeneratorEnergyMethod):
             return (optax.apply_updates(e_params, updates), e_opt), aux
 
         keys = jax.random.split(k_critic, self.batches_per_step)
-        # A Python loop (n_critic is small, so is the program), not lax.scan: inside a while loop
-        # XLA:CPU compiled the StackedMNIST critic steps 2.7x slower (800 vs 300 ms per iteration with 5
-        # critic steps), and even a fully unrolled scan kept the DCGAN energy's weight-gradient
-        # convolutions in a layout XLA:CPU runs several times slower (issue 9's 32x32 speed table)
         carry = (params["energy"], opt_state["energy"])
-        for i in range(self.batches_per_step):
-            carry, last = critic_update(carry, (batch[i], keys[i]))
+        if kernels.cpu_rewrites():
+            # A Python loop (n_critic is small, so is the program), not lax.scan: inside a while loop
+            # XLA:CPU compiled the StackedMNIST critic steps 2.7x slower (800 vs 300 ms per iteration with 5
+            # critic steps), and even a fully unrolled scan kept the DCGAN energy's weight-gradient
+            # convolutions in a layout XLA:CPU runs several times slower (docs/performance.md's 32x32 speed table)
+            for i in range(self.batches_per_step):
+                carry, last = critic_update(carry, (batch[i], keys[i]))
+        else:  # one compiled step body, n_critic times: the program and its compile time stay small
+            carry, lasts = jax.lax.scan(critic_update, carry, (batch, keys))
+            last = jax.tree_util.tree_map(lambda a: a[-1], lasts)
         e_params, e_opt = carry
 
-        z = self.prior(k_z, batch_size)
-        z_shuffled = estimators.shuffle_per_dimension(k_shuffle, z)
+        z = parallel.shard_rows(self.prior(k_z, batch_size))
+        z_shuffled = parallel.shard_rows(estimators.shuffle_per_dimension(k_shuffle, z))
 
         def gen_loss_fn(gt_params):
             g_params, t_params = gt_params
@@ -101,7 +113,7 @@ class MEG(GeneratorEnergyMethod):
             loss, aux = generator_loss(
                 lambda v: self.energy({"energy": e_params}, v),
                 lambda xx, zz: self.statistics_net.apply({"params": t_params}, xx, zz),
-                x_fake, z, z_shuffled)
+                x_fake, z, z_shuffled, self.entropy_weight)
             return loss, (aux, new_stats)
 
         (g_grads, t_grads), (gen_metrics, new_stats) = jax.grad(gen_loss_fn, has_aux=True)(
@@ -117,7 +129,7 @@ class MEG(GeneratorEnergyMethod):
         metrics = {
             "energy_loss": last["energy_real"] - last["energy_fake"] + self.penalty_weight * last["penalty"],
             **last,
-            "generator_loss": gen_metrics["energy_generated"] - gen_metrics["mutual_information"],
+            "generator_loss": gen_metrics["energy_generated"] - self.entropy_weight * gen_metrics["mutual_information"],
             **gen_metrics,
         }
         return {"params": new_params, "opt_state": new_opt, **self.gen.state_entries(new_stats)}, metrics

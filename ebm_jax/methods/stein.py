@@ -1,5 +1,5 @@
-"""Stein methods (Wang & Liu 2017, "Learning to draw samples with amortized Stein variational gradient
-descent"): SteinCD (Algorithm 1), CD-k with Langevin dynamics (the baseline of Figure 1(a)),
+"""Stein methods (Liu & Wang 2017, "Learning Deep Energy Models: Contrastive Divergence vs. Amortized
+MLE"): SteinCD (Algorithm 1), CD-k with Langevin dynamics (the baseline of Figure 1(a)),
 Stein score matching (Eqs. 15-17), SteinGAN (Algorithm 2) and SteinCD-GAN(alpha).
 
 Energies are E = -f (the paper writes p = exp(f) / Z). Every update below is a loss whose gradient
@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ebm_jax.data import toys as toy_names
-from ebm_jax import estimators
+from ebm_jax import estimators, parallel
 from ebm_jax.estimators.stein import KERNELS
-from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import (ConfigError, EnergyOnlyMethod, Generator, GeneratorEnergyMethod, check_positive,
+                                  make_optimizer)
 from ebm_jax.models import build_energy, build_generator, rbm_log_partition
 
 SAMPLERS = ("svgd", "langevin")
@@ -88,12 +88,11 @@ def _check_common(config):
     check_positive(config, "method.step_size")
 
 
-class SteinCD(_EnergyModelMixin, GeneratorEnergyMethod):
+class SteinCD(_EnergyModelMixin, EnergyOnlyMethod):
     """SteinCD (sampler='svgd') and CD-k with Langevin dynamics (sampler='langevin'): an energy alone.
 
     There is no generator: sampling runs data-space MALA from N(0, I) (config.sampling)."""
     name = "steincd"
-    has_generator = False
     progress_metrics = ("energy_loss", "energy_real", "energy_negative")
 
     def __init__(self, config, data_shape):
@@ -115,10 +114,6 @@ class SteinCD(_EnergyModelMixin, GeneratorEnergyMethod):
         x = jnp.zeros((2,) + self.data_shape, jnp.float32)
         params = {"energy": self.energy_net.init(key, x)["params"]}
         return {"params": params, "opt_state": {"energy": self.tx_energy.init(params["energy"])}}
-
-    def generate(self, params, z):
-        raise ConfigError(f"{self.name} trains an energy without a generator; draw samples with "
-                          "model.sample(key, n, mcmc_steps=...) (data-space MALA).")
 
     def negatives(self, e_params, x, key):
         """x- of the contrastive update and the SVGD direction at x (None for Langevin)."""
@@ -157,17 +152,6 @@ class SteinCD(_EnergyModelMixin, GeneratorEnergyMethod):
         updates, e_opt = self.tx_energy.update(grads, state["opt_state"]["energy"], e_params)
         new_state = {"params": {"energy": optax.apply_updates(e_params, updates)}, "opt_state": {"energy": e_opt}}
         return new_state, {**aux, "energy_loss": loss}
-
-    def sample(self, params, key, n: int, mcmc_steps: int = 0, step_size: float = 0.01,
-               space: str = "latent", temperature: float = 1.0, include_prior: bool = True):
-        """Data-space MALA from N(0, I) targeting exp(-E(x) / T); `space` must be 'data' or 'latent'
-        (there is no latent space, both mean data space here)."""
-        if mcmc_steps < 1:
-            raise ConfigError(f"{self.name} has no generator; sampling needs mcmc_steps >= 1 (data-space MALA), "
-                              f"got {mcmc_steps}.")
-        k0, k1 = jax.random.split(key)
-        x0 = jax.random.normal(k0, (n,) + self.data_shape)
-        return estimators.mala_chain(lambda x: -self.energy(params, x) / temperature, x0, k1, mcmc_steps, step_size)
 
 
 class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
@@ -209,7 +193,7 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         x = batch[0]
         params, opt = state["params"], state["opt_state"]
         k_z, k_mix = jax.random.split(key)
-        z = self.prior(k_z, x.shape[0])
+        z = parallel.shard_rows(self.prior(k_z, x.shape[0]))
 
         # Steps 2-3: x- = G(xi); the generator follows phi* at its own samples (amortized SVGD, Eq. 21).
         g_stats = state.get("batch_stats", {})
@@ -250,106 +234,3 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
 
 
 METHOD_CLASSES = {"steincd": SteinCD, "cd": SteinCD, "steingan": SteinGAN}
-TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
-
-
-def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDict:
-    """Shared config of configs/steincd.py and configs/steingan.py.
-
-    VARIANT = comma-separated tokens: a dataset (8gaussians default, 25gaussians, swissroll,
-    checkerboard, or mnist: the idx files in data.data_dir, default ../shared/data/mnist, with the
-    Sec. 5.1 Gaussian-Bernoulli RBM of 10 hidden units, batch 100, Adam; stacked_mnist, cifar10, celeba,
-    kdd, mnist_anomaly: Sec. 5.2's autoencoder energy and the dataset's generator); for steincd also 'cd1' or
-    'cd10' (the CD-k baseline with Langevin dynamics) and 'score_matching' (Eq. 15).
-
-    Toys: 3x128 LeakyReLU energy (and ReLU generator for SteinGAN), batch 256, Adam(1e-3, 0.5, 0.999),
-    RBF kernel with the median bandwidth. The SVGD step size eps and the Langevin step are not given
-    in the paper; see the README for what was measured.
-    """
-    from ebm_jax import configlib
-    c = configlib.base_config()
-    c.method.name = method_name
-    c.method.kernel = "rbf"           # 'rbf' | 'constant' | 'gradient' (no repulsion, Fig. 1(d))
-    c.method.bandwidth = 0.0          # h of exp(-||x - x'||^2 / h); 0 = med^2 / log m
-    c.method.bandwidth_scale = 1.0    # med multiplied by this in the heuristic (Sec. 5.2 uses 0.5)
-    c.method.kernel_features = False  # kernel on the autoencoder energy's code (Sec. 5.2)
-    c.method.step_size = 0.1          # eps of the SVGD step (Algorithm 1) / the Langevin step (CD-k)
-    if method_name in ("steincd", "cd"):
-        c.method.sampler = "svgd" if method_name == "steincd" else "langevin"
-        c.method.k = 1                # SVGD or Langevin steps from the data
-        c.method.update_rule = "cd"        # 'cd' (Eq. 13), 'symmetric' (Eq. 17), 'score_matching' (Eq. 15)
-        del c.model["generator"]
-        c.sampling.space = "data"
-        c.sampling.step_size = 0.001
-        c.sampling.mcmc_steps = 500
-    else:
-        c.method.alpha = 0.0          # probability of SteinCD negatives (SteinCD-GAN(alpha)); 0 = SteinGAN
-        c.method.gamma = 0.0          # discount of the negative phase (Sec. 5.2 uses 0.7 with its autoencoder)
-        c.method.gamma_fast = 0.0     # > 0: gamma while mean E(real) > mean E(generated) (Sec. 5.2: 0.9)
-        c.optim.generator_lr = 0.0    # 0 = optim.lr (Sec. 5.2 uses 1e-3 for G and 5e-4 for the energy)
-        c.model.generator.kind = "mlp"
-        c.eval.mcmc = False
-    del c.model["statistics"]
-    c.model.energy.kind = "mlp"
-    # The paper's energies (RBM, autoencoder) are bounded below; a plain MLP is not, and SteinGAN's
-    # contrastive update then diverges (measured on 8gaussians: mean E(G(z)) = -4e3 after 10k steps;
-    # with the quadratic term alone the energies still swung by +-2.7e3). Spectral normalisation (with a
-    # learnable output scale, as EBM-BB's reference toy energy) keeps it stable; the quadratic term
-    # keeps exp(-E) integrable far from the data.
-    c.model.energy.spectral_norm = True
-    c.model.energy.quadratic = 0.5
-    c.optim.lr = 1e-3
-    c.optim.b1 = 0.5
-    c.optim.b2 = 0.999
-    c.data.batch_size = 256
-    c.train.num_steps = 10_000
-    c.train.log_every = 200
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 5000
-
-    extras = ("cd1", "cd10", "score_matching") if method_name in ("steincd", "cd") else ()
-    tokens = configlib.parse_variant(variant, datasets=TOYS + configlib.DATA_VARIANTS, extras=extras)
-    c.data.name = tokens.get("dataset", "8gaussians")
-    for token in ("cd1", "cd10"):
-        if token in tokens["extras"]:
-            c.method.name = "cd"
-            c.method.sampler = "langevin"
-            c.method.k = int(token[2:])
-            c.method.step_size = 0.01
-    if "score_matching" in tokens["extras"]:
-        c.method.update_rule = "score_matching"
-    if c.data.name in configlib.DATA_VARIANTS and c.data.name != "mnist":
-        # Sec. 5.2's deep-autoencoder SteinGAN: E(x) = ||x - D(Enc(x))|| (Eq. 24; fully connected here),
-        # the dataset's DCGAN-family generator, xi ~ U(-1, 1)^100, the kernel on the code with
-        # h = 0.5 med / log m, gamma = 0.7 and the speed-up 0.9, lr 5e-4 (energy) / 1e-3 (generator)
-        token = c.data.name
-        configlib.apply_data_variant(c, token, roles=("generator",) if method_name == "steingan" else ())
-        hidden = (256, 128) if token == "kdd" else (1024, 512)
-        c.model.energy = ml_collections.ConfigDict({"kind": "autoencoder", "hidden": hidden, "code_dim": 100 if token != "kdd" else 16,
-                                                    "activation": "leaky_relu"})
-        c.method.kernel_features = True
-        c.method.bandwidth_scale = 0.5
-        c.method.step_size = 0.01
-        c.optim.lr = 5e-4
-        c.train.num_steps = 10_000 if token != "kdd" else c.train.num_steps
-        if method_name == "steingan":
-            c.model.latent_dim = 100
-            c.model.prior = "uniform"
-            c.method.gamma = 0.7
-            c.method.gamma_fast = 0.9
-            c.optim.generator_lr = 1e-3
-    elif c.data.name == "mnist":
-        # Sec. 5.1: Gaussian-Bernoulli RBM with 10 hidden units (exact log Z), mini-batches of 100, Adam.
-        c.data.data_dir = "../shared/data/mnist"
-        c.data.batch_size = 100
-        c.train.steps_per_call = 1
-        c.model.energy = ml_collections.ConfigDict({"kind": "rbm", "num_hidden": 10})
-        c.train.num_steps = 6000       # 10 epochs of 60k images
-        c.train.eval_every = 1000
-        c.eval.num_samples = 64
-        c.sampling.num_samples = 64
-        c.method.step_size = 0.01 if c.method.get("sampler") != "langevin" else 0.001
-        if method_name == "steingan":
-            c.model.latent_dim = 100
-            c.model.generator = ml_collections.ConfigDict({"kind": "deconv", "width": 1024, "channels": 64})
-    return c

@@ -22,14 +22,12 @@ inferred z (what anomaly scores, densities on a grid and latent MCMC use).
 import math
 from typing import Any, Dict
 
-import ml_collections
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ebm_jax.data import toys as toy_names
+from ebm_jax import parallel
 from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
 from ebm_jax.models import build_generator
 from ebm_jax.models.latent import GaussianInference, LatentEnergy
@@ -83,6 +81,8 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         super().__init__(config, data_shape)
         m, mc = config.method, config.model
         check_positive(config, "method.sigma")
+        if "scale_init" in mc.energy:
+            check_positive(config, "model.energy.scale_init")
         if m.inference_objective not in INFERENCE_OBJECTIVES:
             raise ConfigError(f"method.inference_objective {m.inference_objective!r} is unknown; valid objectives "
                               f"are {list(INFERENCE_OBJECTIVES)}.")
@@ -97,7 +97,8 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         e = mc.energy
         self.energy_net = with_compute_dtype(
             LatentEnergy(e.kind, tuple(e.encoder_hidden), int(e.features), tuple(e.hidden), e.activation,
-                         self.data_shape, int(e.get("channels", 32)), bool(e.spectral_norm)),
+                         self.data_shape, int(e.get("channels", 32)), bool(e.spectral_norm),
+                         float(e.get("scale_init", 1.0))),
             self.compute_dtype, e.kind == "conv")
         self.sigma = float(m.sigma)
         steps = int(config.train.num_steps)
@@ -136,10 +137,11 @@ class DivergenceTriangle(GeneratorEnergyMethod):
     def extra_metrics(self, params, dataset, config):
         """Reconstruction RMSE on held-out data (Table 2's metric): per image sqrt(mean over pixels of
         (x - g(mu(x)))^2), averaged over the test set, on the data's scale ([-1, 1] for images)."""
-        rec = jax.jit(lambda v: jnp.sqrt(jnp.mean((v - self.reconstruct(params, v)).reshape(v.shape[0], -1) ** 2,
-                                                    axis=1)))
+        if "_rmse" not in self.__dict__:  # compiled once, the parameters an argument (not baked in as constants)
+            self._rmse = jax.jit(lambda p, v: jnp.sqrt(jnp.mean((v - self.reconstruct(p, v)).reshape(v.shape[0], -1) ** 2,
+                                                               axis=1)))
         test = dataset.test[: int(config.eval.get("num_reconstruct", 10_000))]
-        rmse = np.concatenate([np.asarray(rec(test[i:i + 1000])) for i in range(0, len(test), 1000)])
+        rmse = np.concatenate([np.asarray(self._rmse(params, test[i:i + 1000])) for i in range(0, len(test), 1000)])
         return {"reconstruction_rmse": float(np.mean(rmse))}
 
     # ---- one iteration: Algorithm 1 ----
@@ -149,8 +151,8 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         b = x.shape[0]
         cfg = self.config.method
         k_z, k_e = jax.random.split(key)
-        z = self.prior(k_z, b)
-        noise = jax.random.normal(k_e, (b,) + self.latent_shape)
+        z = parallel.shard_rows(self.prior(k_z, b))
+        noise = parallel.shard_rows(jax.random.normal(k_e, (b,) + self.latent_shape))
 
         def infer(ip):
             mu, log_var = self.inference_net.apply({"params": ip}, x)
@@ -203,87 +205,3 @@ class DivergenceTriangle(GeneratorEnergyMethod):
                    **e_aux, **i_aux, **g_aux}
         return {"params": new_params, "opt_state": {"energy": e_opt, "inference": i_opt, "generator": g_opt},
                 **self.gen.state_entries(new_stats)}, metrics
-
-
-TOYS = tuple(toy_names.TOYS)  # every toy of ebm_jax/data/toys.py
-
-
-def make_config(variant: str = "") -> ml_collections.ConfigDict:
-    """configs/triangle.py. VARIANT: a toy (25gaussians by default, any toy of ebm_jax/data/toys.py), or
-    mnist / mnist_anomaly (the idx files in data.data_dir, default ../shared/data/mnist), plus 'conv' for
-    MNIST to use DCGAN-style networks (strided-convolution encoders, the deconvolutional generator)
-    instead of MLPs; stacked_mnist, cifar10, celeba (convolutional networks with the dataset's
-    DCGAN-family generator) and kdd (MLPs, MEG's KDD generator).
-
-    Not given in the paper, chosen here: the network widths, sigma of p(x|z) (0.05 on the toys, whose
-    modes have a std of 0.018; 0.3 on MNIST in [-1, 1]), Adam(1e-4 for the EBM, 3e-4 for the others
-    in the official code; one lr here, 2e-4) with b1 = 0.5, the iteration counts. Spectral
-    normalisation of the latent EBM is on, as Sec. 5 says.
-    """
-    from ebm_jax import configlib
-    c = configlib.base_config()
-    c.method.name = "triangle"
-    c.method.sigma = 0.05                         # std of p(x|z) = N(g(z), sigma^2 I)
-    c.method.inference_objective = "kl_difference"   # Eq. 15/20; 'kl_sum' = Eq. 17 ("Ours(+)")
-    c.model.latent_dim = 2
-    c.model.generator = ml_collections.ConfigDict({"kind": "mlp", "hidden": (128, 128, 128), "activation": "relu"})
-    c.model.inference = ml_collections.ConfigDict({"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu",
-                                                   "channels": 32})
-    c.model.energy = ml_collections.ConfigDict({"kind": "mlp", "encoder_hidden": (128, 128), "features": 64,
-                                                "hidden": (128,), "activation": "leaky_relu", "spectral_norm": True,
-                                                "channels": 32})
-    del c.model["statistics"]
-    c.optim.name = "adam"
-    c.optim.lr = 2e-4
-    c.optim.b1 = 0.5
-    c.optim.b2 = 0.999
-    c.data.batch_size = 100
-    c.train.num_steps = 20_000
-    c.train.log_every = 200
-    c.train.eval_every = 0
-    c.train.checkpoint_every = 5000
-    c.eval.num_reconstruct = 10_000               # held-out examples for the reconstruction RMSE
-    tokens = configlib.parse_variant(variant, datasets=TOYS + configlib.DATA_VARIANTS, extras=("conv",))
-    c.data.name = tokens.get("dataset", "25gaussians")
-    token = c.data.name
-    if token in ("stacked_mnist", "cifar10", "celeba"):
-        # convolutional everywhere (Sec. 5: DCGAN generator, "mirror" encoders), the dataset's generator preset
-        configlib.apply_data_variant(c, token, roles=("generator",))
-        c.method.sigma = 0.3
-        c.model.inference.kind = "conv"
-        c.model.energy.kind = "conv"
-        c.model.energy.features = 128
-        c.model.energy.hidden = (256,)
-        c.data.batch_size = 100
-        c.train.num_steps = 20_000
-    elif token == "kdd":
-        configlib.apply_data_variant(c, token, roles=("generator",))
-        c.method.sigma = 0.1                      # the features are min-max scaled to [0, 1]
-        c.data.batch_size = 256
-    elif token in ("mnist", "mnist_anomaly"):
-        c.data.name = token
-        c.data.data_dir = "../shared/data/mnist"
-        c.train.steps_per_call = 1
-        c.method.sigma = 0.3
-        c.model.latent_dim = 16
-        c.model.generator = ml_collections.ConfigDict({"kind": "mlp", "hidden": (512, 512), "activation": "relu",
-                                                       "width": 512, "channels": 32})
-        c.model.inference.hidden = (512, 512)
-        c.model.energy.encoder_hidden = (512, 256)
-        c.model.energy.features = 128
-        c.model.energy.hidden = (256,)
-        c.train.num_steps = 10_000
-        c.eval.num_samples = 64
-        c.eval.mcmc = False
-        c.sampling.num_samples = 64
-        c.sampling.step_size = 1e-3
-        if "conv" in tokens["extras"]:
-            c.model.generator.kind = "deconv"
-            c.model.inference.kind = "conv"
-            c.model.energy.kind = "conv"
-    elif "conv" in tokens["extras"]:
-        raise ValueError("config variant 'conv' needs image data; use it as mnist,conv.")
-    if token == "mnist_anomaly":
-        c.data.batch_size = 64
-        c.train.num_steps = 55 * 777          # 55 epochs, as MEG's anomaly runs
-    return c

@@ -1,4 +1,4 @@
-"""Convolutions that stay fast on XLA's CPU backend.
+"""Convolutions that stay fast on XLA's CPU backend (used where ebm_jax.kernels says: on a CPU by default).
 
 XLA:CPU runs some convolutions whose output is only a few pixels wide orders of magnitude below the
 machine's matmul rate (measured here, batch 64: a 5x5 stride-2 convolution from 4x4x256 to 2x2x512
@@ -12,14 +12,16 @@ because the gradient of a gradient penalty through lax's strided form is a kerne
 that XLA:CPU runs 6-14x slower than the matrix products im2col differentiates into.
 
 `conv_general_dilated` has lax's signature and is passed to flax's nn.Conv; `ConvTranspose` is a
-drop-in for nn.ConvTranspose (same parameter names and shapes).
+drop-in for nn.ConvTranspose (same parameter names and shapes). Under model.kernels='native' (the
+default on GPUs and TPUs) both are lax's own.
 """
 from typing import Sequence, Tuple, Union
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ebm_jax import kernels
 
 SMALL_OUTPUT = 16   # output pixels (H * W) at or below which im2col is used
 
@@ -87,7 +89,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
     nd = lhs.ndim - 2
     lhs_dilation = tuple(lhs_dilation or (1,) * nd)
     simple = (nd == 2 and _is_nhwc(dimension_numbers) and feature_group_count == 1 and batch_group_count == 1
-              and all(d == 1 for d in (rhs_dilation or (1, 1))))
+              and all(d == 1 for d in (rhs_dilation or (1, 1))) and kernels.cpu_rewrites())
     if simple:
         in_sizes = [(s - 1) * d + 1 for s, d in zip(lhs.shape[1:3], lhs_dilation)]
         pads = (lax.padtype_to_pads(in_sizes, rhs.shape[:2], window_strides, padding)
@@ -96,12 +98,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
         if out[0] * out[1] <= SMALL_OUTPUT:
             return _im2col(lhs, rhs, tuple(window_strides), pads, lhs_dilation)
         strided = any(st > 1 for st in window_strides) and all(d == 1 for d in lhs_dilation)
-        if strided and jax.default_backend() == "cpu":
+        if strided:
             # lax's strided convolution differentiates into an lhs-dilated one, and that (the input
             # gradient inside a gradient penalty) differentiates into a kernel-dilated one, which
             # XLA:CPU runs slowly: the parameter gradient of ||grad_x E||^2 through a 4x4 stride-2 layer,
             # 32x32x64 -> 16x16x128 at batch 8, took 251 ms with lax's form and 39 ms with im2col, whose
-            # derivatives are matrix products and pads (issue 9). GPUs and TPUs keep lax's form.
+            # derivatives are matrix products and pads (docs/performance.md). GPUs and TPUs keep lax's form.
             return _im2col(lhs, rhs, tuple(window_strides), pads, lhs_dilation)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                                     dimension_numbers, feature_group_count, batch_group_count, precision=precision,
@@ -132,8 +134,11 @@ class ConvTranspose(nn.Module):
         if isinstance(self.padding, str):  # lax's own transpose padding rules
             y = lax.conv_transpose(x, kernel, tuple(self.strides), self.padding,
                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        else:
+        elif kernels.cpu_rewrites():
             y = conv_transpose_matmul(x, kernel, tuple(self.strides), [tuple(p) for p in self.padding])
+        else:
+            y = lax.conv_transpose(x, kernel, tuple(self.strides), [tuple(p) for p in self.padding],
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
         if self.use_bias:
             y = y + self.param("bias", self.bias_init, (self.features,))
         return y

@@ -1,5 +1,5 @@
 """Energy models beyond the MLP: the Gaussian-Bernoulli RBM with an exact partition function and the
-autoencoder energy (SteinGAN, Wang & Liu 2017, Sections 5.1-5.2), a small deconvolutional
+autoencoder energy (SteinGAN, Liu & Wang 2017, Sections 5.1-5.2), a small deconvolutional
 generator (SteinGAN's MNIST sampler: 2 fully connected layers, then 2 deconvolutions with 5x5 filters),
 and the registry (build_energy, build_generator, build_statistics) of every network kind, including the
 image networks of models/images.py.
@@ -132,19 +132,23 @@ class ProductOfExpertsEnergy(nn.Module):
 
         E(x) = ||x||^2 / sigma^2 - b^T x - sum_i softplus(W_i^T f(x) + b_i)
 
-    with f an MLP feature extractor (`hidden` widths, each followed by `activation`) and `num_experts`
-    experts. Each expert grows at most linearly in ||f(x)||, and f grows at most linearly in ||x||, so
-    the quadratic term dominates and exp(-E) is integrable."""
+    with f a feature extractor and `num_experts` experts: feature_extractor='mlp', an MLP (`hidden` widths, each
+    followed by `activation`); feature_extractor='conv', Sec. 4's convolutional DEM for colour images
+    (models.images.DDGMConvFeatures with `width`: 128-256-512-1024 feature maps at 64x64, 5x5 filters),
+    then the `hidden` Dense layers (none in the paper). Each expert grows at most linearly in ||f(x)||,
+    and f grows at most linearly in ||x||, so the quadratic term dominates and exp(-E) is integrable."""
     hidden: Sequence[int]
     num_experts: int
     sigma: float = 1.0
     activation: str = "relu"
+    feature_extractor: str = "mlp"
+    width: int = 128
 
     @nn.compact
     def __call__(self, x):
         from ebm_jax.models.mlp import _activate
         v = x.reshape(x.shape[0], -1)
-        h = v
+        h = images.DDGMConvFeatures(self.width)(x) if self.feature_extractor == "conv" else v
         for width in self.hidden:
             h = _activate(self.activation, nn.Dense(width)(h))
         experts = nn.Dense(self.num_experts, name="experts")(h)
@@ -170,6 +174,7 @@ NETWORK_FIELDS = {
         "resnet": {"width": 64, "channel_multipliers": (), "batch_norm": True},
         "meg_mnist": {"width": 512, "batch_norm": True},
         "meg_kdd": {},
+        "ddgm_conv": {"width": 128, "batch_norm": True},
     },
     "statistics": {
         "dcgan": {"width": 64, "head_hidden": (), "features": 0, "negative_slope": images.DCGAN_SLOPE},
@@ -182,7 +187,7 @@ GENERATOR_KINDS = ("mlp", "deconv") + tuple(NETWORK_FIELDS["generator"])
 STATISTICS_KINDS = ("mlp",) + tuple(NETWORK_FIELDS["statistics"])
 # Generators of these kinds return (x, used_stats) and take mode / stats (see models.batchnorm); the
 # others ('mlp', 'deconv', 'meg_kdd') return x.
-NORMALIZED_GENERATOR_KINDS = ("dcgan", "resnet", "meg_mnist")
+NORMALIZED_GENERATOR_KINDS = ("dcgan", "resnet", "meg_mnist", "ddgm_conv")
 
 
 def network_config(role: str, kind: str) -> ml_collections.ConfigDict:
@@ -201,7 +206,7 @@ def is_normalized_generator(module) -> bool:
     from ebm_jax.models.precision import unwrap
     module = unwrap(module)
     return isinstance(module, (NormalizedGeneratorMLP, images.DCGANGenerator, images.ResNetGenerator,
-                               images.MEGMNISTGenerator))
+                               images.MEGMNISTGenerator, images.DDGMConvGenerator))
 
 
 class _Fields:
@@ -278,14 +283,39 @@ def _kind(role: str, config, valid):
     return kind
 
 
+# a config whose network kind needs fields it does not declare (its config is locked, so they cannot be
+# added by an override): the configs that declare them
+KIND_CONFIGS = {"rbm": "configs/steincd.py:mnist", "autoencoder": "configs/steingan.py:cifar10",
+                "product_of_experts": "configs/ddgm.py"}
+
+
+def _missing_field(role: str, config, error: BaseException):
+    """A ConfigError for a network kind whose config lacks a field (AttributeError / KeyError of it)."""
+    import re
+    kind = config.get("kind", "mlp")
+    inner = error.args[0] if isinstance(error, AttributeError) and error.args else error
+    text = inner.args[0] if isinstance(inner, KeyError) and inner.args else str(inner)
+    found = re.findall(r"'([A-Za-z_]+)'", str(text))
+    field = found[0] if found else "?"
+    where = KIND_CONFIGS.get(kind)
+    hint = f"start from a config that declares it, e.g. {where}" if where else "start from a config of that kind"
+    return ConfigError(f"model.{role}.kind={kind!r} needs model.{role}.{field}, which this config does not have "
+                       f"(a locked config takes no new fields); {hint}.")
+
+
 def build_energy(energy_config, data_shape, compute_dtype=None):
     """The energy network named by model.energy.kind: 'mlp' (EnergyMLP), 'rbm' (RBMEnergy, exact log Z),
     'autoencoder' (AutoencoderEnergy, Eq. 24), 'product_of_experts' (Kim & Bengio Eq. 11), 'dcgan'
     (EBM-BB Table 8), 'resnet' (Table 9), 'meg_mnist' (MEG's MNIST energy) or 'meg_kdd' (MEG's KDD99 MLP).
     Each returns one energy per row, apply({'params': p}, x) -> (B,); a 'resnet' energy with
     batch_norm=True also needs its 'batch_stats' (see models.images.ResNetEnergy)."""
-    net = _energy_network(energy_config, data_shape)
-    return with_compute_dtype(net, compute_dtype or jnp.float32, energy_config.get("kind", "mlp") in IMAGE_KINDS)
+    try:
+        net = _energy_network(energy_config, data_shape)
+    except (AttributeError, KeyError) as e:
+        raise _missing_field("energy", energy_config, e) from None
+    kind = energy_config.get("kind", "mlp")
+    image = kind in IMAGE_KINDS or (kind == "product_of_experts" and energy_config.get("feature_extractor", "mlp") == "conv")
+    return with_compute_dtype(net, compute_dtype or jnp.float32, image)
 
 
 def _energy_network(energy_config, data_shape):
@@ -308,8 +338,17 @@ def _energy_network(energy_config, data_shape):
         sigma = float(energy_config.sigma)
         if not sigma > 0:
             raise ConfigError(f"model.energy.sigma={sigma} is invalid; it must be > 0 (Eq. 11's ||x||^2 / sigma^2).")
+        features = energy_config.get("feature_extractor", "mlp")
+        if features not in ("mlp", "conv"):
+            raise ConfigError(f"model.energy.feature_extractor={features!r} is invalid; valid feature extractors "
+                              "are ['mlp', 'conv'].")
+        if features == "conv":
+            H, W, _ = _image_shape("energy", "product_of_experts", data_shape)
+            if images.ddgm_num_stages(H, W) == 0:
+                raise ConfigError(f"model.energy.feature_extractor='conv' halves the images down to 4x4 (e.g. 32 or 64 "
+                                  f"pixels a side); the images are {H}x{W}.")
         return ProductOfExpertsEnergy(tuple(int(h) for h in energy_config.hidden), int(energy_config.num_experts),
-                                      sigma, energy_config.activation)
+                                      sigma, energy_config.activation, features, int(energy_config.get("width", 128)))
     if kind == "meg_kdd":
         return EnergyMLP(images.MEG_KDD_ENERGY_HIDDEN, "leaky_relu")
     f = _Fields("energy", kind, energy_config)
@@ -328,7 +367,10 @@ def build_generator(generator_config, data_shape, compute_dtype=None):
     """'mlp' (GeneratorMLP), 'deconv' (DeconvGenerator), 'meg_kdd' (MEG's KDD99 MLP): apply -> x;
     'dcgan' (EBM-BB Table 8), 'resnet' (Table 10), 'meg_mnist' (MEG's MNIST generator): batch-normalised,
     apply(variables, z, mode=..., stats=...) -> (x, used_stats) as NormalizedGeneratorMLP."""
-    net = _generator_network(generator_config, data_shape)
+    try:
+        net = _generator_network(generator_config, data_shape)
+    except (AttributeError, KeyError) as e:
+        raise _missing_field("generator", generator_config, e) from None
     return with_compute_dtype(net, compute_dtype or jnp.float32, generator_config.get("kind", "mlp") in IMAGE_KINDS)
 
 
@@ -352,6 +394,11 @@ def _generator_network(generator_config, data_shape):
         mults = f.int_tuple("channel_multipliers")
         images.resnet_generator_plan(H, W, mults)
         return images.ResNetGenerator((H, W, C), f.positive_int("width"), mults, f.flag("batch_norm"))
+    if kind == "ddgm_conv":
+        if images.ddgm_num_stages(H, W) < 2:
+            raise ConfigError(f"model.generator.kind 'ddgm_conv' doubles a 4x4 map at least twice (e.g. to 32 or 64 "
+                              f"pixels a side); the images are {H}x{W}.")
+        return images.DDGMConvGenerator((H, W, C), f.positive_int("width"), f.flag("batch_norm"))
     return images.MEGMNISTGenerator(C, f.positive_int("width"), f.flag("batch_norm"))
 
 
@@ -359,7 +406,10 @@ def build_statistics(statistics_config, data_shape, compute_dtype=None):
     """The statistics network T(x, z) of MEG's mutual-information estimator, apply({'params': p}, x, z)
     -> (B,): 'mlp' (StatisticsMLP on [x, z]), 'dcgan' or 'meg_mnist' (models.images.ConvStatistics with
     that energy's convolutional trunk) or 'meg_kdd' (MEG's KDD99 MLP)."""
-    net = _statistics_network(statistics_config, data_shape)
+    try:
+        net = _statistics_network(statistics_config, data_shape)
+    except (AttributeError, KeyError) as e:
+        raise _missing_field("statistics", statistics_config, e) from None
     return with_compute_dtype(net, compute_dtype or jnp.float32, statistics_config.get("kind", "mlp") in IMAGE_KINDS)
 
 

@@ -376,6 +376,65 @@ class MEGMNISTGenerator(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Kim & Bengio (2016) Sec. 4: 64x64 colour images with "the convolutional operations and structures
+# proposed by" DCGAN, 4 convolutional layers each, all filters 5x5: DEM 128-256-512-1024 feature maps,
+# DGM 1024-512-256-128
+# ---------------------------------------------------------------------------------------------------
+def ddgm_num_stages(height: int, width: int) -> int:
+    """Stride-2 stages between a 4x4 bottom and (height, width): 4 for 64x64, 3 for 32x32; 0 if none fits."""
+    n = 0
+    while height > 4 and height % 2 == 0 and width % 2 == 0:
+        height, width, n = height // 2, width // 2, n + 1
+    return n if (height, width) == (4, 4) else 0
+
+
+class DDGMConvFeatures(nn.Module):
+    """The DEM's feature extractor f(x): 5x5 stride-2 convolutions with width, 2 width, 4 width, ...
+    channels down to 4x4 (64x64 and width 128: 128-256-512-1024), each with LeakyReLU (DCGAN's
+    discriminator, without its batch norm: an energy of one image must not depend on the others in the
+    batch), flattened. Piecewise linear, so it grows at most linearly and Eq. 11's quadratic term keeps
+    exp(-E) integrable."""
+    width: int = 128
+    negative_slope: float = 0.2
+
+    @nn.compact
+    def __call__(self, x):
+        _check_image(x, "product-of-experts convolutional energy")
+        h = x
+        for level in range(ddgm_num_stages(x.shape[1], x.shape[2])):
+            h = nn.leaky_relu(torch_conv(self.width * 2 ** level, 5, 2, 2)(h), self.negative_slope)
+        return h.reshape(h.shape[0], -1)
+
+
+class DDGMConvGenerator(nn.Module):
+    """The DGM: Linear(z -> 4x4x(width * 2^(n-1))), BN, ReLU, then 5x5 stride-2 transposed convolutions
+    halving the channels (64x64, width 128: 1024 -> 512 -> 256 -> 128) with BN + ReLU, and a last one to
+    the image's channels with tanh. Every hidden activation is batch-normalised: Eq. 15's entropy is
+    the sum over them.
+
+    __call__(z, mode='batch', stats=None) -> (x, used_stats), as NormalizedGeneratorMLP."""
+    out_shape: Sequence[int]
+    width: int = 128
+    batch_norm: bool = True
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+
+    @nn.compact
+    def __call__(self, z, mode: str = "batch", stats=None):
+        bn = BatchNormLayers(self, mode, stats, self.momentum, self.epsilon)
+        norm = bn if self.batch_norm else (lambda v: v)
+        H, W, C = self.out_shape
+        n = ddgm_num_stages(H, W)
+        c = self.width * 2 ** (n - 1)
+        h = nn.Dense(16 * c)(z.reshape(z.shape[0], -1)).reshape(z.shape[0], 4, 4, c)
+        h = nn.relu(norm(h))
+        for level in range(n - 1):
+            h = nn.relu(norm(torch_conv_transpose(c // 2 ** (level + 1), 5, 2, 2, 1)(h)))
+        x = jnp.tanh(torch_conv_transpose(C, 5, 2, 2, 1)(h))
+        return x, bn.finish()
+
+
+# ---------------------------------------------------------------------------------------------------
 # Statistics network T(x, z) for images (MEG's StatisticsNetwork in networks/cifar.py, celeba.py, mnist.py)
 # ---------------------------------------------------------------------------------------------------
 STATISTICS_TRUNKS = ("dcgan", "meg_mnist")

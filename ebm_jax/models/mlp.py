@@ -59,7 +59,7 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
     1x1 or 2x2 Gram matrix); any other runs `num_iters` power iterations from the same fixed vector
     every call, instead of torch's persistent u (one iteration per forward pass). The closed forms
     are not only exact: they replace 20 rounds of tiny sequential matrix-vector products, which on a
-    CPU cost more than the network they normalise (issue 9's profile of the EBM-BB toys). Where the
+    CPU cost more than the network they normalise (bench/iteration_profile.py on the EBM-BB toys). Where the
     top two singular values are close the iteration falls short of sigma (by 7% after 10 iterations
     on a random 100x100 Gaussian matrix, 0.01% after 50): the layer is then slightly more than
     1-Lipschitz, but the energy is still one deterministic, differentiable function of the parameters."""

@@ -1,7 +1,7 @@
 """Mixed precision for the image networks: bfloat16 compute, float32 parameters.
 
-model.compute_dtype picks the dtype the image networks (kinds dcgan, resnet, meg_mnist; the divergence
-triangle's conv encoders) compute in:
+model.compute_dtype picks the dtype the image networks (kinds dcgan, resnet, meg_mnist, ddgm_conv and the
+product of experts with conv feature_extractor; the divergence triangle's conv encoders) compute in:
   'auto'      bfloat16 on GPU and TPU, float32 on CPU (XLA:CPU has no fast bfloat16 matmuls or convs);
   'float32'   always float32;
   'bfloat16'  always bfloat16 (also on CPU, e.g. to test it).
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from ebm_jax.errors import ConfigError
 
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
-IMAGE_KINDS = ("dcgan", "resnet", "meg_mnist")
+IMAGE_KINDS = ("dcgan", "resnet", "meg_mnist", "ddgm_conv")
 
 
 def resolve_compute_dtype(model_config, backend: str = None):
