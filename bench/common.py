@@ -83,15 +83,11 @@ def compile_run(trainer, state):
     (compile seconds, its compiled_figures). The 'gflop' entry is ONE iteration's: XLA's cost analysis
     counts a loop body once, so it comes from the one-step program, compiled apart when needed."""
     t0 = time.perf_counter()
-    if trainer.steps_per_call > 1:
-        compiled = trainer.iterations.lower(state, trainer.batches(0, trainer.steps_per_call), trainer.base_key).compile()
-    else:
-        compiled = trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile()
+    compiled = trainer.lower(state, trainer.steps_per_call)
     compile_s = time.perf_counter() - t0
     figures = compiled_figures(compiled)   # memory of the program that runs
     if trainer.steps_per_call > 1:
-        figures["gflop"] = compiled_figures(
-            trainer.iteration.lower(state, trainer.batch(0), trainer.base_key).compile())["gflop"]
+        figures["gflop"] = compiled_figures(trainer.lower(state, 1))["gflop"]
     return compile_s, figures
 
 

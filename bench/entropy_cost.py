@@ -1,27 +1,28 @@
-"""Cost of the EBM-BB entropy term, as a multiple of one generator forward+backward pass.
+"""Accuracy and cost of EBM-BB's entropy term d log s_1(z) for each singular-value algorithm.
 
-    python bench/entropy_cost.py                       # toy + MNIST-size generators, ~1 min on CPU
-    python bench/entropy_cost.py --repeats=10 --json=entropy_cost.json
-    python bench/entropy_cost.py --iters=1,3,10 --only=toy
+    python bench/entropy_cost.py                           # d = 2, 16, 48, 128 generators (~5 min on 2 CPU cores)
+    python bench/entropy_cost.py --only=128 --iters=10,20,64,128
+    python bench/entropy_cost.py --workdir=runs/bb_mnist   # the generator of an EBM-BB checkpoint (:mnist)
+    python bench/entropy_cost.py --json=bench/results/entropy_cost.json
 
-What is timed (all jitted, vmapped over the batch, wall time via time.perf_counter after a
-warm-up call, block_until_ready, median of at least --repeats calls, more for fast entries):
+For every generator G: R^d -> R^D and batch of z, and every algorithm of method.entropy:
 
-* baseline: grad of sum(G(z)) w.r.t. the generator parameters (one forward + one backward pass);
-* lobpcg k: value and parameter-gradient of mean_z d*log s_1(z) (the Eq. 11 entropy term), where
-  s_1 comes from `smallest_singular_value` with num_iters=k (cold start) -- i.e. the k LOBPCG
-  iterations plus the differentiable surrogate ||J v|| and its gradient;
-* exact (toy only): value and parameter-gradient of mean_z 1/2 log det(J^T J) with the explicit
-  Jacobian (`log_det_jacobian`, the `entropy="exact"` path);
-* floor k: what k iterations cannot go below, one jvp + one vjp each: the differentiable surrogate
-  ||J v|| with its parameter gradient (k = 0) plus k products J^T (J v) on the once-linearised
-  generator, the marginal cost of one product measured as (t(linearise + 21 products) -
-  t(linearise + 1 product)) / 20. LOBPCG as implemented applies J^T J to two vectors per iteration
-  (batched) plus small dense work, so "x floor" shows what that costs over the minimum.
+* svd          explicit per-sample Jacobian (d jvps, or D vjps when D <= d, without gradient) and its
+               exact s_1, recomputed as ||J v|| by one differentiable jvp;
+* lanczos k    Golub-Kahan-Lanczos bidiagonalisation, k jvp + vjp pairs, from a random start ("cold")
+               or from the vectors of the previous batch of z ("warm", what training does);
+* lobpcg k     single-vector LOBPCG on J^T J (the paper's estimator), cold or warm;
 
-Generators (d -> D, batch): toy 2-100-100-2 with leaky-ReLU (PReLU-like, slope 0.25) hidden
-layers, batch 200; MNIST-size 128-500-1000-2000-784 with leaky-ReLU hidden layers and a tanh
-output, batch 64.
+it prints the relative error of s_1 against numpy's float64 SVD of the explicit Jacobian (mean and
+worst over the batch), the cosine between the parameter gradient of mean_z d log s_1 and the exact
+one (the gradient of d log(u^T J v) with numpy's singular vectors u, v held fixed: d s_1 = u^T dJ v),
+and the wall time of value + parameter gradient, in ms and as a multiple of one generator forward +
+backward pass over the batch (grad of sum G(z)). Times: jitted, median of repeated calls after a
+warm-up, on whatever backend JAX picks (`JAX_PLATFORMS=cpu` for the CPU).
+
+Synthetic generators (PReLU-like leaky-ReLU hidden layers, slope 0.25): d=2 2-100-100-2 (the toys,
+batch 200); d=16 16-128-128-256 and d=48 48-256-300 with tanh, batch 64; d=128 the MNIST size
+128-500-1000-2000-784 with a tanh output, batch 64.
 """
 import argparse
 import json
@@ -35,11 +36,13 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ebm_jax.estimators.singular_values import log_det_jacobian, smallest_singular_value  # noqa: E402
+from ebm_jax.estimators import singular_values as sv  # noqa: E402
 
 CASES = {
-    "toy": dict(sizes=(2, 100, 100, 2), batch=200, out_act=None),
-    "mnist": dict(sizes=(128, 500, 1000, 2000, 784), batch=64, out_act=jnp.tanh),
+    2: dict(sizes=(2, 100, 100, 2), batch=200, hidden_act="leaky", out_act=None),
+    16: dict(sizes=(16, 128, 128, 256), batch=64, hidden_act="leaky", out_act=None),
+    48: dict(sizes=(48, 256, 300), batch=64, hidden_act="tanh", out_act=None),
+    128: dict(sizes=(128, 500, 1000, 2000, 784), batch=64, hidden_act="leaky", out_act=jnp.tanh),
 }
 
 
@@ -49,12 +52,12 @@ def init(seed, sizes):
              jnp.asarray(0.01 * rng.normal(size=b), jnp.float32)) for a, b in zip(sizes[:-1], sizes[1:])]
 
 
-def generator(params, z, out_act):
+def mlp(params, z, hidden_act, out_act):
     h = z
     for i, (w, b) in enumerate(params):
         h = h @ w + b
         if i < len(params) - 1:
-            h = jax.nn.leaky_relu(h, 0.25)
+            h = jnp.tanh(h) if hidden_act == "tanh" else jax.nn.leaky_relu(h, 0.25)
         elif out_act is not None:
             h = out_act(h)
     return h
@@ -74,82 +77,144 @@ def timeit(fn, args, repeats, min_total_s=0.5):
     return float(np.median(times))
 
 
-def bench_case(name, cfg, iters, repeats):
-    sizes, batch, out_act = cfg["sizes"], cfg["batch"], cfg["out_act"]
-    d = sizes[0]
-    params = init(0, sizes)
-    z = jnp.asarray(np.random.default_rng(1).normal(size=(batch, d)), jnp.float32)
+def flat_cosine(a, b):
+    fa = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(a)])
+    fb = np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree_util.tree_leaves(b)])
+    return float(fa @ fb / (np.linalg.norm(fa) * np.linalg.norm(fb) + 1e-300))
+
+
+def exact_reference(g, params, z):
+    """numpy float64 SVD of every explicit Jacobian: (s_1 (B,), s_max (B,), exact parameter gradient)."""
+    jac = np.asarray(jax.jit(jax.vmap(lambda zi: sv.jacobian(lambda x: g(params, x), zi)))(z), np.float64)
+    u, s, vt = np.linalg.svd(jac, full_matrices=False)
+    d = z.shape[1]
+    u1 = jnp.asarray(u[:, :, -1], jnp.float32)
+    v1 = jnp.asarray(vt[:, -1, :], jnp.float32)
+
+    def surrogate(p):
+        # u^T J v with numpy's singular vectors fixed: its gradient is the exact d s_1 = u^T dJ v
+        def one(zi, ui, vi):
+            return ui @ jax.jvp(lambda x: jnp.ravel(g(p, x)), (zi,), (vi,))[1]
+        return jnp.mean(d * jnp.log(jnp.abs(jax.vmap(one)(z, u1, v1))))
+    return s[:, -1], s[:, 0], jax.jit(jax.grad(surrogate))(params)
+
+
+def estimator(g, d, kind, k):
+    """value_and_grad of (mean_z d log s_1, vectors) for one algorithm, a jitted fn(params, z, keys, v0)."""
+    def entropy_term(p, z, keys, v0):
+        if kind == "svd":
+            s, v = jax.vmap(lambda zi: sv.smallest_singular_value_exact(lambda x: g(p, x), zi))(z)
+        else:
+            s, v = jax.vmap(lambda zi, ki, vi: sv.smallest_singular_value(
+                lambda x: g(p, x), zi, ki, k, vi, kind))(z, keys, v0)
+        return jnp.mean(d * jnp.log(s)), (s, v)
+    return jax.jit(jax.value_and_grad(entropy_term, has_aux=True))
+
+
+def bench_generator(name, g, params, z, z_prev, iters, repeats, algorithms):
+    """Rows for one generator g(params, z) and batch z (z_prev: the batch whose vectors warm-start)."""
+    batch, d = z.shape
     keys = jax.random.split(jax.random.PRNGKey(2), batch)
-
-    def g(p, x):
-        return generator(p, x, out_act)
-
+    v_rand = jax.random.normal(jax.random.PRNGKey(3), z.shape)
+    s1, smax, g_exact = exact_reference(g, params, z)
     baseline = jax.jit(jax.grad(lambda p, z: jnp.sum(g(p, z))))
     t_base = timeit(baseline, (params, z), repeats)
-    rows = [dict(case=name, method="fwd+bwd (baseline)", num_iters=None, seconds=t_base, ratio=1.0)]
+    head = dict(case=name, d=d, D=int(np.prod(jax.eval_shape(lambda x: g(params, x[None]), z[0]).shape)),
+                batch=batch, s1_median=float(np.median(s1)), cond_median=float(np.median(smax / s1)))
+    rows = [dict(head, method="fwd+bwd (baseline)", start="", num_iters=None, ms=1e3 * t_base, ratio=1.0)]
 
-    # the floor: the surrogate ||J v|| (value + parameter gradient) and the marginal J^T J v product
-    v_unit = z / jnp.linalg.norm(z, axis=1, keepdims=True)
-    surrogate = jax.jit(jax.value_and_grad(lambda p, z, v: jnp.mean(d * jnp.log(jax.vmap(
-        lambda zi, vi: jnp.linalg.norm(jax.jvp(lambda x: g(p, x), (zi,), (vi,))[1]))(z, v)))))
-    t_surrogate = timeit(surrogate, (params, z, v_unit), repeats)
+    def row(kind, k, start, v0):
+        fn = estimator(g, d, kind, k)
+        (_, (s, _)), grads = fn(params, z, keys, v0)
+        err = np.abs(np.asarray(s, np.float64) / s1 - 1.0)
+        t = timeit(fn, (params, z, keys, v0), repeats)
+        rows.append(dict(head, method=kind, start=start, num_iters=k, rel_err_mean=float(np.mean(err)),
+                         rel_err_max=float(np.max(err)), grad_cosine=flat_cosine(grads, g_exact),
+                         ms=1e3 * t, ratio=t / t_base))
 
-    def products(n):
-        def one(p, zi, vi):
-            _, lin = jax.linearize(lambda x: g(p, x), zi)
-            lin_t = jax.linear_transpose(lin, zi)
-            return jax.lax.fori_loop(0, n, lambda _, u: lin_t(lin(u))[0] / (jnp.linalg.norm(u) + 1.0), vi)
-        return jax.jit(lambda p, z, v: jax.vmap(lambda zi, vi: one(p, zi, vi))(z, v))
-    t_product = max((timeit(products(21), (params, z, v_unit), repeats)
-                     - timeit(products(1), (params, z, v_unit), repeats)) / 20, 0.0)
-    floor = {k: t_surrogate + k * t_product for k in iters}
-
-    for k in iters:
-        def entropy_term(p, z, keys, k=k):
-            s_min, v = jax.vmap(lambda zi, ki: smallest_singular_value(
-                lambda x: g(p, x), zi, ki, k))(z, keys)
-            return jnp.mean(d * jnp.log(s_min)), v  # v: the warm start for the next step
-        est = jax.jit(jax.value_and_grad(entropy_term, has_aux=True))
-        t = timeit(est, (params, z, keys), repeats)
-        rows.append(dict(case=name, method="lobpcg s_min + grad", num_iters=k, seconds=t,
-                         ratio=t / t_base, floor_seconds=floor[k], floor_ratio=floor[k] / t_base,
-                         x_floor=t / floor[k]))
-
-    if d <= 16:  # the explicit Jacobian is only sensible for small latent dimension
-        exact = jax.jit(jax.value_and_grad(lambda p, z: jnp.mean(
-            jax.vmap(lambda zi: log_det_jacobian(lambda x: g(p, x), zi))(z))))
-        t = timeit(exact, (params, z), repeats)
-        rows.append(dict(case=name, method="exact log-det + grad", num_iters=None, seconds=t,
-                         ratio=t / t_base))
+    if "svd" in algorithms:
+        row("svd", None, "", v_rand)
+    for kind in ("lanczos", "lobpcg"):
+        if kind not in algorithms:
+            continue
+        for k in iters(d):
+            row(kind, k, "cold", v_rand)
+            # warm: the vectors this algorithm returned on the previous batch, as in training
+            (_, (_, v_prev)), _ = estimator(g, d, kind, k)(params, z_prev, keys, v_rand)
+            row(kind, k, "warm", v_prev)
     return rows
+
+
+def synthetic(d, cfg, iters, repeats, algorithms):
+    params = init(0, cfg["sizes"])
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(cfg["batch"], d)), jnp.float32)
+    z_prev = jnp.asarray(rng.normal(size=(cfg["batch"], d)), jnp.float32)
+    g = lambda p, x: mlp(p, x, cfg["hidden_act"], cfg["out_act"])  # noqa: E731
+    return bench_generator(f"mlp d={d}", g, params, z, z_prev, iters, repeats, algorithms)
+
+
+def from_workdir(workdir, iters, repeats, algorithms, batch=64):
+    """The generator of an EBM-BB / EBM-0GP checkpoint, per sample with a batch's statistics fixed."""
+    import ebm_jax
+    model = ebm_jax.load(workdir)
+    method = model.method
+    p, stats = model.params["generator"], model.params.get("generator_stats", {})
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(batch,) + method.latent_shape), jnp.float32)
+    z_prev = jnp.asarray(rng.normal(size=(batch,) + method.latent_shape), jnp.float32)
+    # the statistics of one training batch, held fixed: the per-sample map the method differentiates
+    _, used, _ = method.gen.train_batch(p, stats, z, update_stats=False)
+    def g(pp, x):  # one z (d,) or a batch (B, d)
+        fb = method.gen.given_batch(pp, stats, used)
+        return fb(x[None])[0] if x.ndim == 1 else fb(x)
+    return bench_generator(f"{workdir} step {model.step}", g, p, z, z_prev, iters, repeats, algorithms)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iters", default="1,2,3,5,10", help="comma-separated LOBPCG iteration counts")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per entry (median reported)")
-    parser.add_argument("--only", default="", choices=["", *CASES], help="run a single case")
+    parser.add_argument("--iters", default="5,10,20,half,full",
+                        help="comma-separated iteration counts; 'half' = d/2 and 'full' = d")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per entry (median reported)")
+    parser.add_argument("--only", default="", help="comma-separated latent sizes of the synthetic cases")
+    parser.add_argument("--workdir", default="", help="also (or, with --only=none, only) an EBM-BB checkpoint")
+    parser.add_argument("--algorithms", default="svd,lanczos,lobpcg")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
-    iters = [int(s) for s in args.iters.split(",") if s]
 
+    def iters(d):
+        out = []
+        for tok in args.iters.split(","):
+            k = {"half": d // 2, "full": d}.get(tok) if tok in ("half", "full") else int(tok)
+            if 0 < k <= d and k not in out:
+                out.append(k)
+        return out
+
+    algorithms = args.algorithms.split(",")
+    only = [t for t in args.only.split(",") if t]
     rows = []
-    for name, cfg in CASES.items():
-        if args.only and name != args.only:
+    for d, cfg in CASES.items():
+        if only and str(d) not in only:
             continue
-        rows += bench_case(name, cfg, iters, args.repeats)
+        rows += synthetic(d, cfg, iters, args.repeats, algorithms)
+    if args.workdir:
+        rows += from_workdir(args.workdir, iters, args.repeats, algorithms)
 
-    print(f"backend: {jax.default_backend()}  ({jax.devices()[0].device_kind}), median of >= {args.repeats} calls")
-    print(f"{'case':<6} {'method':<22} {'iters':>5} {'ms':>10} {'x fwd+bwd':>10} {'floor ms':>10} "
-          f"{'floor x fwd+bwd':>16} {'x floor':>8}")
+    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}); s_1 relative error against numpy "
+          "float64 SVD, gradient cosine against the exact gradient, time of value + parameter gradient")
+    print(f"{'case':<28} {'method':<8} {'start':<5} {'iters':>5} {'rel err mean':>12} {'max':>9} "
+          f"{'grad cos':>8} {'ms':>9} {'x fwd+bwd':>9}")
     for r in rows:
+        if r["method"].startswith("fwd"):
+            print(f"{r['case']:<28} d={r['d']} D={r['D']} batch={r['batch']}  median s_1 {r['s1_median']:.3g}, "
+                  f"median s_max/s_1 {r['cond_median']:.3g}; fwd+bwd {r['ms']:.2f} ms")
+            continue
         it = "" if r["num_iters"] is None else str(r["num_iters"])
-        fl = (f"{1e3 * r['floor_seconds']:>10.2f} {r['floor_ratio']:>16.2f} {r['x_floor']:>8.2f}"
-              if "floor_seconds" in r else f"{'':>10} {'':>16} {'':>8}")
-        print(f"{r['case']:<6} {r['method']:<22} {it:>5} {1e3 * r['seconds']:>10.2f} {r['ratio']:>10.2f} {fl}")
+        print(f"{r['case']:<28} {r['method']:<8} {r['start']:<5} {it:>5} {r['rel_err_mean']:>12.2e} "
+              f"{r['rel_err_max']:>9.2e} {r['grad_cosine']:>8.4f} {r['ms']:>9.2f} {r['ratio']:>9.2f}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(backend=jax.default_backend(), repeats=args.repeats, rows=rows), f, indent=2)
+            json.dump(dict(backend=jax.default_backend(), device=jax.devices()[0].device_kind, rows=rows), f, indent=2)
 
 
 if __name__ == "__main__":

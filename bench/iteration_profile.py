@@ -8,8 +8,8 @@ Each config is 'SPEC [field=value ...]'. For each: ms per call of the compiled o
 fixed batch (min over rounds: the program's own time, without host batching), the number of
 instructions and fusions in XLA's optimised entry computation (on a CPU each is a separate kernel call,
 so thousands of tiny ones cost more than the arithmetic of a toy iteration), XLA's FLOP count, and with
---trace a jax.profiler trace of 30 calls summed per kernel kind and per kernel. This is how issue 9's
-fixes were found (README, Performance); the script runs against the checkout it lives in, so a copy
+--trace a jax.profiler trace of 30 calls summed per kernel kind and per kernel. This is how the
+fixes in docs/performance.md were found; the script runs against the checkout it lives in, so a copy
 in an older checkout measures the "before".
 """
 import argparse

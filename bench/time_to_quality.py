@@ -6,7 +6,7 @@
 
 Each method trains with its default toy config (configs/METHOD.py:DATASET: its networks, batch, optimiser
 and learning-rate schedule over its own train.num_steps) and is evaluated every --eval_seconds of
-training, as `--mode=eval` would (ebm_jax.train.evaluate_model: grid density, generator and MCMC
+training, as `--mode=eval` would (ebm_jax.evaluation.model_eval.evaluate_model: grid density, generator and MCMC
 samples). The clock counts training only: the compiled iterations with their host batches, from the
 first iteration after compilation; compilation and the evaluations themselves are reported apart.
 A run stops when the bar is met, at the config's last iteration, or after --cap_seconds of training.
@@ -18,7 +18,7 @@ The bar:
                generator; data-space MALA for the energy-only SteinCD / CD)
   swissroll    KL(data || model) <= --kl_swissroll (default 2.0)
 The KL thresholds are this benchmark's choice: about what the better methods reach within their default
-schedules here (README tables), so that the table separates fast from slow and from never.
+schedules (docs/methods/), so that the table separates fast from slow and from never.
 """
 import argparse
 import os
@@ -49,6 +49,7 @@ def bar_met(metrics, dataset, args):
 
 def run(method, dataset, args):
     from ebm_jax import train
+    from ebm_jax.evaluation import model_eval
     path, _, variant = METHODS[method].partition(":")
     spec = path + ":" + ",".join(t for t in (variant, dataset) if t)
     config = load(spec, {"train.progress_bar": False, "eval.mcmc": True})
@@ -72,7 +73,7 @@ def run(method, dataset, args):
         trained += time.perf_counter() - t0
         t1 = time.perf_counter()
         params = jax.device_get(trainer.method.inference_params(state))
-        metrics, _, _ = train.evaluate_model(trainer.method, params, trainer.dataset, config,
+        metrics, _, _ = model_eval.evaluate_model(trainer.method, params, trainer.dataset, config,
                                              jax.random.PRNGKey(evals), picture=False)
         eval_s += time.perf_counter() - t1
         evals += 1

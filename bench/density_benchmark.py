@@ -1,0 +1,188 @@
+"""How good a density each method's energy is, on every 2-D toy whose density is known, over seeds.
+
+    python bench/density_benchmark.py                 # every method x toy, 3 seeds (hours on a 2-core CPU)
+    python bench/density_benchmark.py --quick         # a subset at a tenth of the iterations (a few minutes)
+    python bench/density_benchmark.py --methods mle meg --datasets sevenaniso bands --seeds 5
+
+Every method (and the two references: exact maximum likelihood, the ceiling; persistent contrastive
+divergence, the MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py:TOY)
+and train.num_seeds = S replicas in one program, then evaluated as --mode=eval does
+(ebm_jax/evaluation: the metric grid, docs/metrics.md). Printed and written to --json (default
+bench/results/density_benchmark_cpu.json): per method x toy the mean +- std over seeds of
+KL(data || model), held-out NLL, modes covered and high-quality fraction of generator and MCMC samples,
+the mode-frequency KL of the generator's samples against the true weights (mixtures only), and the
+wall seconds of the whole run (training of all seeds, compilation and evaluation). The picture
+(--picture, default docs/images/density_benchmark.png) shows seed 0's learned density exp(-E)/Z for
+every method (rows) and toy (columns), the data in the first row.
+"""
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from common import REPO, backend_line, load, print_table, write_json  # noqa: E402
+
+METHODS = {"mle": "configs/mle.py", "pcd": "configs/pcd.py", "meg": "configs/meg.py", "ebm_bb": "configs/ebm_bb.py",
+           "ebm_0gp": "configs/ebm_0gp.py", "wgan_0gp": "configs/wgan_0gp.py", "steincd": "configs/steincd.py",
+           "cd": "configs/steincd.py", "steingan": "configs/steingan.py", "ddgm": "configs/ddgm.py",
+           "triangle": "configs/triangle.py"}
+EXTRA_TOKENS = {"cd": ",cd1"}
+DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
+QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
+METRICS = ("kl_data_model", "test_nll", "generator/modes_covered", "generator/high_quality_fraction",
+           "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl")
+
+
+def run_one(method, dataset, seeds, steps_scale, root):
+    from ebm_jax import train
+    spec = f"{METHODS[method]}:{dataset}{EXTRA_TOKENS.get(method, '')}"
+    config = load(spec, {"train.num_seeds": seeds, "train.progress_bar": False, "eval.mcmc": True})
+    steps = max(10, int(round(int(config.train.num_steps) * steps_scale)))
+    if steps != int(config.train.num_steps):
+        k = int(config.train.get("steps_per_call", 1))
+        steps = max(k, steps // k * k)
+        config.train.num_steps = steps
+        config.train.checkpoint_every = steps
+        config.train.eval_every = 0
+    workdir = os.path.join(root, f"{method}_{dataset}")
+    t0 = time.perf_counter()
+    train.train_and_evaluate(config, workdir)
+    seconds = time.perf_counter() - t0
+    with open(os.path.join(workdir, "eval_final.json")) as f:
+        final = json.load(f)
+    return dict(method=method, dataset=dataset, spec=spec, steps=steps, seconds=seconds, final=final,
+                workdir=workdir)
+
+
+def density_image(workdir, extent=2.0, size=120):
+    import numpy as np
+
+    import ebm_jax
+    from ebm_jax.evaluation.toy2d import grid_log_density
+    model = ebm_jax.load(workdir, seed=0)
+    log_p, _ = grid_log_density(lambda x: model.energy(x), extent, size)
+    return np.exp(log_p)
+
+
+def picture(rows, methods, datasets, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ebm_jax.data.toys import get_toy
+    from ebm_jax.evaluation.toy2d import grid_points
+    by = {(r["method"], r["dataset"]): r for r in rows}
+    fig, axes = plt.subplots(len(methods) + 1, len(datasets), figsize=(1.6 * len(datasets), 1.6 * (len(methods) + 1)),
+                             squeeze=False)
+    _, pts, _ = grid_points(2.0, 120)
+    for j, d in enumerate(datasets):
+        toy = get_toy(d)
+        if toy.log_density is not None:
+            data = np.exp(toy.log_density(pts).reshape(120, 120))
+            axes[0, j].imshow(data, origin="lower", extent=[-2, 2, -2, 2], cmap="viridis")
+        else:
+            x = toy.sample(np.random.default_rng(0), 4000)
+            axes[0, j].scatter(x[:, 0], x[:, 1], s=0.2, c="k")
+            axes[0, j].set_xlim(-2, 2)
+            axes[0, j].set_ylim(-2, 2)
+        axes[0, j].set_title(d, fontsize=7)
+        for i, m in enumerate(methods, start=1):
+            ax = axes[i, j]
+            r = by.get((m, d))
+            if r is not None:
+                ax.imshow(density_image(r["workdir"]), origin="lower", extent=[-2, 2, -2, 2], cmap="viridis")
+                ax.set_title(f"{r['final']['kl_data_model']:.2f}", fontsize=6, pad=1)
+            if j == 0:
+                ax.set_ylabel(m, fontsize=7)
+    axes[0, 0].set_ylabel("data", fontsize=7)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal")
+    fig.suptitle("exp(-E)/Z of seed 0 (title: its KL(data || model) in nats)", fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def summarise(r):
+    f = r["final"]
+    std = f.get("std", {})
+    out = dict(method=r["method"], dataset=r["dataset"], seeds=f.get("num_seeds", 1), steps=r["steps"],
+               seconds=round(r["seconds"], 1))
+    for k in METRICS:
+        if k in f:
+            out[k] = f[k]
+            out[k + ":std"] = std.get(k, 0.0)
+    out["per_seed_kl"] = [m["kl_data_model"] for m in f.get("per_seed", [f])]
+    return out
+
+
+def fmt(s, k, digits=3):
+    if k not in s:
+        return ""
+    return f"{s[k]:.{digits}f} +- {s[k + ':std']:.{digits}f}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--datasets", nargs="*", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--seeds", type=int, default=3, help="replicas per run (train.num_seeds)")
+    parser.add_argument("--steps_scale", type=float, default=1.0, help="multiply every config's num_steps")
+    parser.add_argument("--quick", action="store_true", help=f"the subset {QUICK}")
+    parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
+    parser.add_argument("--json", default=os.path.join(REPO, "bench", "results", "density_benchmark_cpu.json"))
+    parser.add_argument("--picture", default=os.path.join(REPO, "docs", "images", "density_benchmark.png"))
+    args = parser.parse_args()
+    methods, datasets, scale = args.methods, args.datasets, args.steps_scale
+    if args.quick:
+        methods, datasets, scale = list(QUICK["methods"]), list(QUICK["datasets"]), QUICK["steps_scale"]
+    root = args.workdir or tempfile.mkdtemp(prefix="density_benchmark_")
+    rows, done = [], set()
+    # resume: runs already in --workdir are read, not repeated
+    for m in methods:
+        for d in datasets:
+            wd = os.path.join(root, f"{m}_{d}")
+            if os.path.exists(os.path.join(wd, "eval_final.json")) and os.path.exists(os.path.join(wd, "seconds.json")):
+                with open(os.path.join(wd, "seconds.json")) as f:
+                    rows.append(json.load(f))
+                done.add((m, d))
+    for d in datasets:
+        for m in methods:
+            if (m, d) in done:
+                continue
+            r = run_one(m, d, args.seeds, scale, root)
+            with open(os.path.join(r["workdir"], "seconds.json"), "w") as f:
+                json.dump(r, f)
+            rows.append(r)
+            s = summarise(r)
+            print(f"{m:>9} {d:>12}: KL {fmt(s, 'kl_data_model')}  ({s['seconds']} s)", flush=True)
+    summary = [summarise(r) for r in rows]
+    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
+    print(backend_line())
+    columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
+               "HQ MCMC", "mode-freq KL gen", "wall s"]
+    table = []
+    for s in sorted(summary, key=lambda s: (datasets.index(s["dataset"]), methods.index(s["method"]))):
+        gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle else None
+        values = [s["dataset"], s["method"], fmt(s, "kl_data_model"), "" if gap is None else f"{gap:+.3f}",
+                  fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
+                  fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
+                  fmt(s, "generator/mode_frequency_kl"), f"{s['seconds']:.0f}"]
+        table.append(dict(zip(columns, values)))
+    print_table(table, columns)
+    write_json(args.json, dict(backend=backend_line(), seeds=args.seeds, steps_scale=scale, rows=summary))
+    if args.picture:
+        picture(rows, methods, datasets, args.picture)
+        print(f"wrote {args.json} and {args.picture}")
+
+
+if __name__ == "__main__":
+    main()
