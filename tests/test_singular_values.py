@@ -22,6 +22,7 @@ from ebm_jax.estimators.singular_values import (
     hutchinson_squared_norm,
     log_det_jacobian,
     relative_residual,
+    relative_residual_from_jacobian,
     smallest_singular_value,
     smallest_singular_value_batch,
     smallest_singular_value_from_jacobian,
@@ -256,6 +257,9 @@ def test_relative_residual_against_numpy():
     s2 = np.sum((jac @ v) ** 2)
     expected = np.linalg.norm(jac.T @ (jac @ v) - s2 * v) / s2
     np.testing.assert_allclose(float(relative_residual(fn, z, jnp.asarray(v, jnp.float32))), expected, rtol=1e-4)
+    # the same from the explicit Jacobian (the 'svd' entropy path)
+    np.testing.assert_allclose(float(relative_residual_from_jacobian(jnp.asarray(jac, jnp.float32),
+                                                                     jnp.asarray(v, jnp.float32))), expected, rtol=1e-4)
     # no gradient flows through it
     grads = jax.grad(lambda p: relative_residual(lambda x: mlp(p, x), z, jnp.asarray(v, jnp.float32)))(params)
     assert all(float(jnp.max(jnp.abs(g))) == 0.0 for g in jax.tree_util.tree_leaves(grads))

@@ -78,14 +78,16 @@ def mala_chain(log_prob: LogProb, x0: jax.Array, key: jax.Array, num_steps: int,
 
 
 def langevin_chain(log_prob: LogProb, x0: jax.Array, key: jax.Array, num_steps: int,
-                   step_size: float) -> jax.Array:
-    """Unadjusted Langevin dynamics x' = x + a grad log p(x) + sqrt(2a) eps (no accept/reject)."""
+                   step_size: float, noise_scale: float = 1.0) -> jax.Array:
+    """Unadjusted Langevin dynamics x' = x + a grad log p(x) + noise_scale sqrt(2a) eps (no
+    accept/reject). noise_scale = 1 is Langevin dynamics; Du & Mordatch's short-run chains decouple
+    the two (PCD's method.noise_scale)."""
     num_steps = int(num_steps)
 
     def body(x, k):
         _, score = _value_and_score(log_prob, x)
         noise = jax.random.normal(k, x.shape, x.dtype)
-        return x + step_size * score + jnp.sqrt(2.0 * step_size) * noise, None
+        return x + step_size * score + noise_scale * jnp.sqrt(2.0 * step_size) * noise, None
 
     if num_steps == 0:
         return x0

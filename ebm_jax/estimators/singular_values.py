@@ -281,11 +281,24 @@ def relative_residual(fn: Callable, z: jax.Array, v: jax.Array) -> jax.Array:
     and one vjp; no gradient flows."""
     z = lax.stop_gradient(z)
     v = lax.stop_gradient(v)
-    out, vjp = jax.vjp(_frozen(_flat(fn), z), z)
-    _, jv = jax.jvp(_frozen(_flat(fn), z), (z,), (v,))
-    (jtjv,) = vjp(jv)
+    # one linearisation serves both products, as in smallest_singular_value
+    _, jvp_lin = jax.linearize(_frozen(_flat(fn), z), z)
+    jv = jvp_lin(v)
+    (jtjv,) = jax.linear_transpose(jvp_lin, z)(jv)
+    return _residual(jv, jtjv, v)
+
+
+def _residual(jv, jtjv, v):
     s2 = jnp.sum(jv * jv)
-    return jnp.linalg.norm(jtjv - s2 * v) / jnp.maximum(s2, jnp.finfo(z.dtype).tiny)
+    return jnp.linalg.norm(jtjv - s2 * v) / jnp.maximum(s2, jnp.finfo(v.dtype).tiny)
+
+
+def relative_residual_from_jacobian(jac: jax.Array, v: jax.Array) -> jax.Array:
+    """`relative_residual` from an explicit (D, d) Jacobian: two small matrix products, no pass
+    through the network."""
+    jac, v = lax.stop_gradient(jac), lax.stop_gradient(v)
+    jv = jac @ v
+    return _residual(jv, jac.T @ jv, v)
 
 
 def smallest_singular_value_from_jacobian(jac: jax.Array) -> Tuple[jax.Array, jax.Array]:

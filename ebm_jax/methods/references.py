@@ -1,9 +1,10 @@
 """Two reference points for the amortized methods, on the same loop, checkpoints, API and evaluation.
 
-  mle  exact maximum likelihood for 2-D data: the energy's log Z is the logsumexp of -E over a grid of
-       cells (plus log cell area), inside the loss, so the loss is the exact negative log-likelihood of
-       the grid-normalised density that evaluation reports. What any EBM method can reach with that
-       energy network: the ceiling of the density benchmark.
+  mle  maximum likelihood for 2-D data: the loss is mean E(x) + log Z, the negative log-likelihood,
+       with log Z computed inside the loss, either exactly as the logsumexp of -E over the cells of a
+       grid (plus log cell area: the normaliser evaluation reports with) or from an unbiased
+       importance-sampled estimate of Z (configs/mle.py's default). What any EBM method can reach
+       with that energy network: the ceiling of the density benchmark.
   pcd  persistent contrastive divergence with short-run Langevin dynamics from a replay buffer (Du &
        Mordatch 2019, "Implicit generation and generalization in energy-based models"), the MCMC-trained
        EBM the amortized methods are compared with in the literature. The buffer is part of the train
@@ -102,13 +103,14 @@ class ExactLikelihood(EnergyOnlyMethod):
         k_pick, k_uni, k_row, k_eps = jax.random.split(key, 4)
         uniform = jax.random.uniform(k_uni, (n, 2), minval=-r, maxval=r)
         kde = x[jax.random.randint(k_row, (n,), 0, x.shape[0])] + h * jax.random.normal(k_eps, (n, 2))
-        y = jnp.where(jax.random.bernoulli(k_pick, u, (n, 1)), uniform, kde)
+        # split over the devices before log q: its (n, B) kernel sums are per draw
+        y = parallel.shard_rows(jax.lax.stop_gradient(jnp.where(jax.random.bernoulli(k_pick, u, (n, 1)), uniform, kde)))
         inside = jnp.all(jnp.abs(y) <= r, axis=1)
         log_uniform = jnp.where(inside, -2.0 * math.log(2.0 * r), -jnp.inf)
         d2 = jnp.sum((y[:, None, :] - x[None]) ** 2, axis=-1)
         log_kde = jax.scipy.special.logsumexp(-0.5 * d2 / h ** 2, axis=1) - math.log(x.shape[0]) - math.log(2 * math.pi * h * h)
         log_q = jnp.logaddexp(math.log(u) + log_uniform, math.log1p(-u) + log_kde) if u < 1 else log_uniform
-        return parallel.shard_rows(jax.lax.stop_gradient(y)), jax.lax.stop_gradient(log_q)
+        return y, jax.lax.stop_gradient(log_q)
 
     def train_step(self, state, batch, key):
         x = batch[0]
@@ -177,14 +179,9 @@ class PersistentContrastiveDivergence(EnergyOnlyMethod):
         reinit = jax.random.bernoulli(k_mask, float(m.reinit_prob), (b,)).reshape((b,) + (1,) * len(self.data_shape))
         x0 = parallel.shard_rows(jnp.where(reinit, fresh, buffer[idx]))   # the chains run on each device's rows
         fixed = jax.lax.stop_gradient(e_params)
-        a, scale = float(m.step_size), float(m.noise_scale)
-
-        def langevin(v, k):
-            g = estimators.input_gradients(lambda u: self.energy({"energy": fixed}, u), v)
-            return v - a * g + scale * math.sqrt(2.0 * a) * jax.random.normal(k, v.shape, v.dtype), None
-
-        x_neg, _ = jax.lax.scan(langevin, x0, jax.random.split(k_chain, int(m.langevin_steps)))
-        x_neg = jax.lax.stop_gradient(x_neg)
+        x_neg = jax.lax.stop_gradient(estimators.langevin_chain(
+            lambda u: -self.energy({"energy": fixed}, u), x0, k_chain, int(m.langevin_steps),
+            float(m.step_size), float(m.noise_scale)))
 
         def loss_fn(ep):
             e_pos, e_neg = self.energy({"energy": ep}, x), self.energy({"energy": ep}, x_neg)
