@@ -10,6 +10,12 @@ mesh of the first n devices, and XLA's cost analysis of the compiled (partitione
 FLOPs one device executes. Efficiency at n devices = FLOPs on 1 / (n x per-device FLOPs on n): 1 when
 the work is split evenly, 1/n when every device repeats all of it. Batches that do not divide a device
 count are rounded down to a multiple of 8 (the batch in the table). Nothing is run: only compiled.
+
+"replicated MFLOP" fits per-device FLOPs = split / n + replicated at 1 and the largest n: the work every
+device repeats (parameter-side work: the optimiser's update, spectral norms' power iterations). To see
+what it is made of, `--set` overrides a config field wherever a config has it, e.g.
+`--set optim.name=sgd` (Adam's update costs 13 FLOPs per parameter in XLA's count) or
+`--set model.energy.spectral_norm=false`.
 """
 import argparse
 import os
@@ -25,9 +31,42 @@ from speed import METHODS, SIZES, describe, size_config  # noqa: E402
 DATA_SHAPES = {"mnist_mlp": (28, 28, 1), "dcgan32": (32, 32, 3)}
 
 
-def per_device_gflop(method, size, n, multiple):
+def parse_value(text):
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+APPLIED = set()   # the --set items some config had
+
+
+def apply_overrides(config, overrides):
+    """Set each 'a.b.c=value' where the config has the field a.b.c; other configs are left alone."""
+    for item in overrides:
+        if "=" not in item:
+            sys.exit(f"--set {item!r} is not FIELD=VALUE, e.g. --set optim.name=sgd")
+        path, _, value = item.partition("=")
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            node = node.get(name) if hasattr(node, "get") else None
+            if node is None:
+                break
+        if node is not None and hasattr(node, "get") and leaf in node:
+            node[leaf] = parse_value(value)
+            APPLIED.add(item)
+
+
+def per_device_gflop(method, size, n, multiple, overrides=()):
     from ebm_jax import train
     config = size_config(method, size, 1)
+    apply_overrides(config, overrides)
     batch = int(config.data.batch_size)
     if batch % multiple:
         config.data.batch_size = max(multiple, batch // multiple * multiple)
@@ -42,6 +81,8 @@ def main():
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 2, 4, 8])
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="override a config field in every config that has it, e.g. optim.name=sgd")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
     counts = [n for n in args.devices if n <= jax.device_count()]
@@ -54,7 +95,7 @@ def main():
             row = {"size": size, "method": method}
             flops = {}
             for n in counts:
-                g, batch, nets = per_device_gflop(method, size, n, max(counts))
+                g, batch, nets = per_device_gflop(method, size, n, max(counts), args.set)
                 flops[n] = g
                 row[f"gflop_per_device@{n}"] = g
             row["batch"], row["networks"] = batch, nets
@@ -62,14 +103,20 @@ def main():
             for n in counts:
                 if n > 1 and base:
                     row[f"efficiency@{n}"] = base / (n * flops[n])
+            top = max(counts)
+            if top > 1 and base:
+                row["replicated_mflop"] = 1e3 * (flops[top] - base / top) / (1 - 1 / top)
             rows.append(row)
             eff = ", ".join(f"{n}: {row[f'efficiency@{n}']:.2f}" for n in counts if f"efficiency@{n}" in row)
             print(f"{size:9s} {method:9s} efficiency {eff}", file=sys.stderr, flush=True)
+    for item in args.set:
+        if item not in APPLIED:
+            print(f"--set {item}: no measured config has that field; nothing was changed by it", file=sys.stderr)
     print(backend_line())
     cols = ["size", "method", "batch"] + [f"gflop_per_device@{n}" for n in counts] + \
-        [f"efficiency@{n}" for n in counts if n > 1]
+        [f"efficiency@{n}" for n in counts if n > 1] + (["replicated_mflop"] if max(counts) > 1 else [])
     print_table(rows, cols)
-    write_json(args.json, {"backend": backend_line(), "rows": rows})
+    write_json(args.json, {"backend": backend_line(), "overrides": list(args.set), "rows": rows})
 
 
 if __name__ == "__main__":
