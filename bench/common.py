@@ -20,12 +20,23 @@ def load(spec: str, overrides=None):
     path, _, variant = spec.partition(":")
     config = configlib.load_config(os.path.join(REPO, path) + (":" + variant if variant else ""))
     for key, value in (overrides or {}).items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        set_field(config, key, value)
     return config
+
+
+def set_field(config, key: str, value, missing_ok: bool = False) -> bool:
+    """config['a']['b']['c'] = value for key 'a.b.c'; with missing_ok a path the config does not have
+    is left alone and False returned."""
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+        if missing_ok and not (hasattr(node, "get") and p in node):
+            return False
+        node = node[p]
+    if missing_ok and not (hasattr(node, "get") and leaf in node):
+        return False
+    node[leaf] = value
+    return True
 
 
 def random_dataset(shape, n_train=2048, n_test=256, seed=0):

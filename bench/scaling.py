@@ -18,6 +18,7 @@ what it is made of, `--set` overrides a config field wherever a config has it, e
 `--set model.energy.spectral_norm=false`.
 """
 import argparse
+import ast
 import os
 import sys
 
@@ -25,55 +26,46 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 
-from common import backend_line, compiled_figures, print_table, random_dataset, write_json  # noqa: E402
+from common import backend_line, compiled_figures, print_table, random_dataset, set_field, write_json  # noqa: E402
 from speed import METHODS, SIZES, describe, size_config  # noqa: E402
 
 DATA_SHAPES = {"mnist_mlp": (28, 28, 1), "dcgan32": (32, 32, 3)}
 
 
 def parse_value(text):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-APPLIED = set()   # the --set items some config had
+    """A Python literal (800, 0.5, (16, 16), True), 'true' / 'false', or else the text itself."""
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def apply_overrides(config, overrides):
-    """Set each 'a.b.c=value' where the config has the field a.b.c; other configs are left alone."""
+    """Sets each 'a.b.c=value' where the config has the field a.b.c (other configs are left alone);
+    returns the items that were set."""
+    applied = set()
     for item in overrides:
         if "=" not in item:
             sys.exit(f"--set {item!r} is not FIELD=VALUE, e.g. --set optim.name=sgd")
         path, _, value = item.partition("=")
-        *parents, leaf = path.split(".")
-        node = config
-        for name in parents:
-            node = node.get(name) if hasattr(node, "get") else None
-            if node is None:
-                break
-        if node is not None and hasattr(node, "get") and leaf in node:
-            node[leaf] = parse_value(value)
-            APPLIED.add(item)
+        if set_field(config, path, parse_value(value), missing_ok=True):
+            applied.add(item)
+    return applied
 
 
 def per_device_gflop(method, size, n, multiple, overrides=()):
     from ebm_jax import train
     config = size_config(method, size, 1)
-    apply_overrides(config, overrides)
+    applied = apply_overrides(config, overrides)
     batch = int(config.data.batch_size)
     if batch % multiple:
         config.data.batch_size = max(multiple, batch // multiple * multiple)
     data = random_dataset(DATA_SHAPES[size]) if size in DATA_SHAPES else None
     trainer = train.Trainer(config, data, devices=jax.devices()[:n])
     compiled = trainer.lower(trainer.init_state(), 1)
-    return compiled_figures(compiled)["gflop"], int(config.data.batch_size), describe(config)
+    return compiled_figures(compiled)["gflop"], int(config.data.batch_size), describe(config), applied
 
 
 def main():
@@ -89,13 +81,14 @@ def main():
     if len(counts) < len(args.devices):
         print(f"only {jax.device_count()} devices: measuring {counts} (on a CPU set "
               "XLA_FLAGS=--xla_force_host_platform_device_count=8)", file=sys.stderr)
-    rows = []
+    rows, set_somewhere = [], set()   # set_somewhere: the --set items some measured config had
     for size in args.sizes:
         for method in args.methods:
             row = {"size": size, "method": method}
             flops = {}
             for n in counts:
-                g, batch, nets = per_device_gflop(method, size, n, max(counts), args.set)
+                g, batch, nets, applied = per_device_gflop(method, size, n, max(counts), args.set)
+                set_somewhere |= applied
                 flops[n] = g
                 row[f"gflop_per_device@{n}"] = g
             row["batch"], row["networks"] = batch, nets
@@ -110,7 +103,7 @@ def main():
             eff = ", ".join(f"{n}: {row[f'efficiency@{n}']:.2f}" for n in counts if f"efficiency@{n}" in row)
             print(f"{size:9s} {method:9s} efficiency {eff}", file=sys.stderr, flush=True)
     for item in args.set:
-        if item not in APPLIED:
+        if item not in set_somewhere:
             print(f"--set {item}: no measured config has that field; nothing was changed by it", file=sys.stderr)
     print(backend_line())
     cols = ["size", "method", "batch"] + [f"gflop_per_device@{n}" for n in counts] + \

@@ -277,23 +277,23 @@ class BidirectionalBounds(GeneratorEnergyMethod):
                     aux["anisotropy"] = jnp.mean(jax.vmap(sv.anisotropy_from_jacobian)(
                         jax.lax.stop_gradient(jac[:n_aniso])))
             else:
+                fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
                 if n_aniso:
                     # d jvps per sample: free on the toys, but 16 x 128 generator jvps per iteration at
                     # latent 128 (3x a whole WGAN-0GP DCGAN iteration), so the image variants turn it off
-                    fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
                     aux["anisotropy"] = jnp.mean(jax.vmap(lambda zz: sv.anisotropy_index(fn_fixed, zz))(z[:n_aniso]))
                 if not self.use_entropy:
                     return jnp.mean(e_gen), (new_stats, v_prev, aux)
+                # the iterative estimators (lanczos, lobpcg)
                 log_vol, s1, v_new = jax.vmap(lambda zz, kk, vv: self._log_volume(fn, zz, kk, vv))(
                     z, parallel.shard_rows(jax.random.split(k_lob, b)), v_prev)
+                # ||J^T J v - s^2 v|| / s^2 of the vector the gradient used, ~0 when s_1 is converged: one
+                # jvp and one vjp (the svd path above takes it from its explicit Jacobian)
+                aux["entropy_residual"] = jnp.mean(jax.vmap(lambda zz, vv: sv.relative_residual(fn_fixed, zz, vv))(
+                    z, v_new))
             aux["log_volume"] = jnp.mean(log_vol)
             if s1 is not None:  # the exact log-det path has no separate s_1
                 aux.update(s_min_mean=jnp.mean(s1), s_min_min=jnp.min(s1), s_min_max=jnp.max(s1))
-                if "entropy_residual" not in aux:   # the iterative estimators: one jvp and one vjp
-                    # ||J^T J v - s^2 v|| / s^2 of the vector the gradient used: ~0 when s_1 is converged
-                    fn_fixed = self.gen.per_sample(jax.lax.stop_gradient(gp), batch_stats, jax.lax.stop_gradient(stats))
-                    aux["entropy_residual"] = jnp.mean(jax.vmap(lambda zz, vv: sv.relative_residual(fn_fixed, zz, vv))(
-                        z, v_new))
             return generator_loss(e_gen, log_vol), (new_stats, v_new, aux)
 
         (g_loss, (new_stats, v_new, gen_metrics)), g_grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(g_params)
