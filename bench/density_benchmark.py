@@ -8,12 +8,18 @@ Every method (and the two references: exact maximum likelihood, the ceiling; per
 divergence, the MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py:TOY)
 and train.num_seeds = S replicas in one program, then evaluated as --mode=eval does
 (ebm_jax/evaluation: the metric grid, docs/metrics.md). Printed and written to --json (default
-bench/results/density_benchmark_cpu.json): per method x toy the mean +- std over seeds of
+bench/results/density_benchmark.json): per method x toy the mean +- std over seeds of
 KL(data || model), held-out NLL, modes covered and high-quality fraction of generator and MCMC samples,
 the mode-frequency KL of the generator's samples against the true weights (mixtures only), and the
 wall seconds of the whole run (training of all seeds, compilation and evaluation). The picture
 (--picture, default docs/images/density_benchmark.png) shows seed 0's learned density exp(-E)/Z for
 every method (rows) and toy (columns), the data in the first row.
+
+The benchmark is long on a CPU, so it is built to be run in parts: each finished run is added to
+--json at once (with the machine, the commit and the date), seed 0's density grid is kept beside it
+(JSON_grids/METHOD_DATASET.npz) for the picture, and a run already in --json with the same seeds and
+steps is not repeated (--rerun repeats it). The table and picture show every run in --json among
+--methods x --datasets, however many invocations (or machines) produced them.
 """
 import argparse
 import json
@@ -68,7 +74,24 @@ def density_image(workdir, extent=2.0, size=120):
     return np.exp(log_p)
 
 
-def picture(rows, methods, datasets, path):
+def grid_path(json_path, method, dataset):
+    return os.path.join(os.path.splitext(json_path)[0] + "_grids", f"{method}_{dataset}.npz")
+
+
+def save_grid(json_path, method, dataset, workdir):
+    import numpy as np
+    path = grid_path(json_path, method, dataset)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez_compressed(path, density=density_image(workdir).astype(np.float16))
+
+
+def load_grid(json_path, method, dataset):
+    import numpy as np
+    path = grid_path(json_path, method, dataset)
+    return np.load(path)["density"].astype(np.float32) if os.path.exists(path) else None
+
+
+def picture(rows, methods, datasets, path, json_path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -94,9 +117,10 @@ def picture(rows, methods, datasets, path):
         for i, m in enumerate(methods, start=1):
             ax = axes[i, j]
             r = by.get((m, d))
-            if r is not None:
-                ax.imshow(density_image(r["workdir"]), origin="lower", extent=[-2, 2, -2, 2], cmap="viridis")
-                ax.set_title(f"{r['final']['kl_data_model']:.2f}", fontsize=6, pad=1)
+            grid = load_grid(json_path, m, d) if r is not None else None
+            if grid is not None:
+                ax.imshow(grid, origin="lower", extent=[-2, 2, -2, 2], cmap="viridis")
+                ax.set_title(f"{r['kl_data_model']:.2f}", fontsize=6, pad=1)
             if j == 0:
                 ax.set_ylabel(m, fontsize=7)
     axes[0, 0].set_ylabel("data", fontsize=7)
@@ -124,6 +148,28 @@ def summarise(r):
     return out
 
 
+def provenance():
+    """The machine, the commit (with '+changes' when the checkout differs from it) and the date."""
+    import datetime
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = commit + ("+changes" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return dict(backend=backend_line(), commit=commit, date=datetime.date.today().isoformat())
+
+
+def read_rows(path):
+    if path and os.path.exists(path):
+        with open(path) as f:
+            return json.load(f).get("rows", [])
+    return []
+
+
 def fmt(s, k, digits=3):
     if k not in s:
         return ""
@@ -138,39 +184,46 @@ def main():
     parser.add_argument("--steps_scale", type=float, default=1.0, help="multiply every config's num_steps")
     parser.add_argument("--quick", action="store_true", help=f"the subset {QUICK}")
     parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
-    parser.add_argument("--json", default=os.path.join(REPO, "bench", "results", "density_benchmark_cpu.json"))
-    parser.add_argument("--picture", default=os.path.join(REPO, "docs", "images", "density_benchmark.png"))
+    parser.add_argument("--rerun", action="store_true", help="repeat runs that --json already holds")
+    parser.add_argument("--json", default=None, help="the results file to add to (default bench/results/"
+                        "density_benchmark.json; with --quick, density_benchmark_quick.json)")
+    parser.add_argument("--picture", default=None, help="default docs/images/density_benchmark.png; with --quick "
+                        "bench/results/density_benchmark_quick.png")
     args = parser.parse_args()
     methods, datasets, scale = args.methods, args.datasets, args.steps_scale
     if args.quick:
         methods, datasets, scale = list(QUICK["methods"]), list(QUICK["datasets"]), QUICK["steps_scale"]
+    results = os.path.join(REPO, "bench", "results")
+    if args.json is None:
+        args.json = os.path.join(results, "density_benchmark_quick.json" if args.quick else "density_benchmark.json")
+    if args.picture is None:
+        args.picture = (os.path.join(results, "density_benchmark_quick.png") if args.quick
+                        else os.path.join(REPO, "docs", "images", "density_benchmark.png"))
     root = args.workdir or tempfile.mkdtemp(prefix="density_benchmark_")
-    rows, done = [], set()
-    # resume: runs already in --workdir are read, not repeated
-    for m in methods:
-        for d in datasets:
-            wd = os.path.join(root, f"{m}_{d}")
-            if os.path.exists(os.path.join(wd, "eval_final.json")) and os.path.exists(os.path.join(wd, "seconds.json")):
-                with open(os.path.join(wd, "seconds.json")) as f:
-                    rows.append(json.load(f))
-                done.add((m, d))
+    # one row per method x toy: a new run of either replaces the old one
+    rows = {(r["method"], r["dataset"]): r for r in read_rows(args.json)}
+
+    def same_run(r):
+        return r is not None and r.get("seeds") == args.seeds and r.get("steps_scale", 1.0) == scale
+
     for d in datasets:
         for m in methods:
-            if (m, d) in done:
+            if same_run(rows.get((m, d))) and not args.rerun:
                 continue
             r = run_one(m, d, args.seeds, scale, root)
-            with open(os.path.join(r["workdir"], "seconds.json"), "w") as f:
-                json.dump(r, f)
-            rows.append(r)
-            s = summarise(r)
+            s = {**summarise(r), "steps_scale": scale, **provenance()}
+            rows[(m, d)] = s
+            if args.json:   # saved after every run: an interrupted benchmark keeps what it finished
+                save_grid(args.json, m, d, r["workdir"])
+                write_json(args.json, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
             print(f"{m:>9} {d:>12}: KL {fmt(s, 'kl_data_model')}  ({s['seconds']} s)", flush=True)
-    summary = [summarise(r) for r in rows]
+    summary = [rows[(m, d)] for d in datasets for m in methods if same_run(rows.get((m, d)))]
     mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
     print(backend_line())
     columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
                "HQ MCMC", "mode-freq KL gen", "wall s"]
     table = []
-    for s in sorted(summary, key=lambda s: (datasets.index(s["dataset"]), methods.index(s["method"]))):
+    for s in summary:
         gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle else None
         values = [s["dataset"], s["method"], fmt(s, "kl_data_model"), "" if gap is None else f"{gap:+.3f}",
                   fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
@@ -178,10 +231,9 @@ def main():
                   fmt(s, "generator/mode_frequency_kl"), f"{s['seconds']:.0f}"]
         table.append(dict(zip(columns, values)))
     print_table(table, columns)
-    write_json(args.json, dict(backend=backend_line(), seeds=args.seeds, steps_scale=scale, rows=summary))
-    if args.picture:
-        picture(rows, methods, datasets, args.picture)
-        print(f"wrote {args.json} and {args.picture}")
+    if args.picture and args.json:
+        picture(summary, methods, datasets, args.picture, args.json)
+        print(f"wrote {args.picture}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ mesh of the first n devices, and XLA's cost analysis of the compiled (partitione
 FLOPs one device executes. Efficiency at n devices = FLOPs on 1 / (n x per-device FLOPs on n): 1 when
 the work is split evenly, 1/n when every device repeats all of it. Batches that do not divide a device
 count are rounded down to a multiple of 8 (the batch in the table). Nothing is run: only compiled.
+The programs are those GPUs and TPUs run (model.kernels=native), which is where a run has many
+devices; `--kernels cpu` measures the CPU rewrites instead (ebm_jax.kernels: among them spectral
+normalisation's power iteration on the Gram matrix W^T W, parameter-side work every device repeats).
 
 "replicated MFLOP" fits per-device FLOPs = split / n + replicated at 1 and the largest n: the work every
 device repeats (parameter-side work: the optimiser's update, spectral norms' power iterations). To see
@@ -55,9 +58,10 @@ def apply_overrides(config, overrides):
     return applied
 
 
-def per_device_gflop(method, size, n, multiple, overrides=()):
+def per_device_gflop(method, size, n, multiple, overrides=(), kernels="native"):
     from ebm_jax import train
     config = size_config(method, size, 1)
+    config.model.kernels = kernels
     applied = apply_overrides(config, overrides)
     batch = int(config.data.batch_size)
     if batch % multiple:
@@ -75,6 +79,8 @@ def main():
     parser.add_argument("--devices", nargs="+", type=int, default=[1, 2, 4, 8])
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="override a config field in every config that has it, e.g. optim.name=sgd")
+    parser.add_argument("--kernels", default="native", choices=["native", "cpu"],
+                        help="the programs of GPUs and TPUs (native, the default) or the CPU rewrites (ebm_jax.kernels)")
     parser.add_argument("--json", default="", help="also write the rows to this JSON file")
     args = parser.parse_args()
     counts = [n for n in args.devices if n <= jax.device_count()]
@@ -87,7 +93,7 @@ def main():
             row = {"size": size, "method": method}
             flops = {}
             for n in counts:
-                g, batch, nets, applied = per_device_gflop(method, size, n, max(counts), args.set)
+                g, batch, nets, applied = per_device_gflop(method, size, n, max(counts), args.set, args.kernels)
                 set_somewhere |= applied
                 flops[n] = g
                 row[f"gflop_per_device@{n}"] = g
@@ -105,11 +111,11 @@ def main():
     for item in args.set:
         if item not in set_somewhere:
             print(f"--set {item}: no measured config has that field; nothing was changed by it", file=sys.stderr)
-    print(backend_line())
+    print(backend_line() + f"; model.kernels={args.kernels}")
     cols = ["size", "method", "batch"] + [f"gflop_per_device@{n}" for n in counts] + \
         [f"efficiency@{n}" for n in counts if n > 1] + (["replicated_mflop"] if max(counts) > 1 else [])
     print_table(rows, cols)
-    write_json(args.json, {"backend": backend_line(), "overrides": list(args.set), "rows": rows})
+    write_json(args.json, {"backend": backend_line(), "kernels": args.kernels, "overrides": list(args.set), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -124,9 +124,15 @@ def make_meta(method, state) -> Dict[str, Any]:
 
 
 def _host_array(leaf) -> np.ndarray:
-    """The full value of a state leaf on this host (the state is replicated: any local shard is all of it)."""
+    """The full value of a state leaf on this host. A replicated leaf spanning several processes has all
+    of it in any local shard; a split one (the optimiser state, parallel.state_shardings) is gathered
+    from every process, a collective that every process reaches in the same order (save and restore
+    walk the same tree on each)."""
     if hasattr(leaf, "addressable_data") and not getattr(leaf, "is_fully_addressable", True):
-        return np.asarray(leaf.addressable_data(0))
+        if leaf.sharding.is_fully_replicated:
+            return np.asarray(leaf.addressable_data(0))
+        from jax.experimental import multihost_utils
+        return np.asarray(multihost_utils.process_allgather(leaf))
     return np.asarray(jax.device_get(leaf))
 
 
@@ -238,7 +244,7 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state, exp
             "it may be corrupt: move that directory aside to resume from an earlier step, or use another "
             "workdir.") from e
     bad = [jax.tree_util.keystr(p) for p, leaf in jax.tree_util.tree_flatten_with_path(state)[0]
-           if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(np.asarray(leaf)))]
+           if np.issubdtype(leaf.dtype, np.floating) and not np.all(np.isfinite(_host_array(leaf)))]
     if bad:
         raise CheckpointError(f"checkpoint {_step_path(manager, step)} holds non-finite values in {bad[0]}; "
                               "move that directory aside to resume from an earlier step.")

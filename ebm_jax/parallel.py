@@ -2,8 +2,9 @@
 
 A run is one or several cooperating processes (one per host on a TPU pod or a GPU cluster, or several
 on one machine), each running the same loop. The mesh holds every device of every process; the global
-batch is split over its 'data' axis and the state is replicated, so one jit-compiled iteration is one
-data-parallel step and XLA inserts the reductions across devices and processes.
+batch is split over its 'data' axis, the parameters are replicated and the optimiser state is split
+(state_shardings), so one jit-compiled iteration is one data-parallel step and XLA inserts the
+reductions across devices and processes.
 """
 import os
 import socket
@@ -54,8 +55,62 @@ def shard_rows(x, axis: int = 0):
     return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
+def replicate(tree):
+    """Every array of `tree` constrained to be whole on every device of the mesh the program is traced
+    under (the identity outside a mesh or on one device)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names or mesh.shape[DATA_AXIS] == 1:
+        return tree
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, P())
+
+
+def state_shardings(mesh: Mesh, shapes, skip_leading: bool = False):
+    """Shardings of a train state: the optimiser state ('opt_state') split over the data axis, the rest
+    (parameters, batch-norm averages, buffers, the step) replicated.
+
+    Every device holds the parameters and computes the all-reduced gradient; the optimiser's moments
+    and its update are then computed on each device's slice only and the new parameters all-gathered
+    (ZeRO stage 1). Replicated, Adam's update (13 FLOPs a parameter in XLA's count) ran in full on
+    every device: a fifth of MEG's MNIST-MLP iteration at 8 devices (docs/scaling.md). A leaf is split
+    along its longest axis that the device count divides (never the seed axis of a multi-seed state,
+    `skip_leading`); a leaf with no such axis stays replicated. The values are the same either way:
+    the update is elementwise."""
+    n = mesh.shape[DATA_AXIS]
+
+    def one(path, leaf):
+        top = getattr(path[0], "key", None) if path else None
+        if top != "opt_state":
+            return NamedSharding(mesh, P())
+        first = 1 if skip_leading else 0
+        return NamedSharding(mesh, P(*[None] * first, *_split_spec(leaf.shape[first:], n)))
+
+    return jax.tree_util.tree_map_with_path(one, shapes)
+
+
+def _split_spec(shape, n: int):
+    """The partition of an array of `shape` over n devices: its longest axis that n divides (the first
+    of equal ones), or none."""
+    axes = [a for a in range(len(shape)) if n > 1 and shape[a] % n == 0]
+    if not axes:
+        return ()
+    spec = [None] * len(shape)
+    spec[max(axes, key=lambda a: shape[a])] = DATA_AXIS
+    return tuple(spec)
+
+
+def split_like_optimizer_state(tree):
+    """Every array of `tree` constrained to the split state_shardings gives an optimiser-state leaf of
+    its shape (inside a vmap over seeds the seed axis is not in the shape, as state_shardings skips
+    it); the identity outside a mesh or on one device."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names or mesh.shape[DATA_AXIS] == 1:
+        return tree
+    n = mesh.shape[DATA_AXIS]
+    return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, P(*_split_spec(x.shape, n))), tree)
 
 
 def batch_sharding(mesh: Mesh, batch_axis: int = 1) -> NamedSharding:

@@ -67,12 +67,16 @@ class Trainer:
             self.base_key = jax.random.PRNGKey(seed)
         else:
             self.base_key = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(self.num_seeds)])
+        # parameters replicated, optimiser state split over the devices (parallel.state_shardings)
+        with kernels.use(self.kernels):
+            self._state_shapes = jax.eval_shape(self._init_state, self._init_keys())
+        self.state_sharding = parallel.state_shardings(self.mesh, self._state_shapes, skip_leading=self.num_seeds > 1)
         # traces of the one-step and the several-step program: each must stay at most 1 (no retracing)
         self.traces = {"single": 0, "multi": 0}
         self.iteration = jax.jit(
             self._iteration, donate_argnums=0,
-            in_shardings=(self.replicated, self.batch_sharding, self.replicated),
-            out_shardings=(self.replicated, self.replicated))
+            in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated))
         # train.steps_per_call = K > 1: K iterations per dispatch, a lax.scan over K batches (tiny models
         # spend most of an iteration in Python dispatch otherwise); the same numbers as K single calls
         self.steps_per_call = int(config.train.get("steps_per_call", 1))
@@ -82,8 +86,8 @@ class Trainer:
         self._executor = None
         self.iterations = jax.jit(
             self._iterations, donate_argnums=0,
-            in_shardings=(self.replicated, self.multi_batch_sharding, self.replicated),
-            out_shardings=(self.replicated, self.replicated))
+            in_shardings=(self.state_sharding, self.multi_batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated))
 
     @property
     def num_traces(self) -> int:
@@ -103,13 +107,11 @@ class Trainer:
 
     def init_state(self):
         with kernels.use(self.kernels):
-            return jax.jit(self._init_state, out_shardings=self.replicated)(self._init_keys())
+            return jax.jit(self._init_state, out_shardings=self.state_sharding)(self._init_keys())
 
     def abstract_state(self):
-        with kernels.use(self.kernels):
-            shapes = jax.eval_shape(self._init_state, self._init_keys())
-        return jax.tree_util.tree_map(
-            lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.replicated), shapes)
+        return jax.tree_util.tree_map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                                      self._state_shapes, self.state_sharding)
 
     # -- one iteration --
     def _seeded_step(self, state, batch, base_key):

@@ -221,16 +221,25 @@ def test_spectral_norm_closed_form_degenerate_kernels():
         assert np.all(np.isfinite(np.asarray(jax.grad(spectral_norm_estimate)(wj))))
 
 
-def test_spectral_norm_estimate_against_numpy_svd():
+@pytest.mark.parametrize("impl", ["cpu", "native"])
+def test_spectral_norm_estimate_against_numpy_svd(impl):
     """The power-iteration sigma of models.spectral_norm_estimate against numpy's exact largest singular
-    value, and the normalised layer's kernel has spectral norm ~1 (the reference toy energy's SN)."""
+    value, and its gradient against u v^T of numpy's singular vectors, on both paths (the Gram W^T W
+    of the CPU rewrite and the native pair of matrix-vector products), and the normalised layer's
+    kernel has spectral norm ~1 (the reference toy energy's SN)."""
+    from ebm_jax import kernels
     from ebm_jax.models.mlp import SpectralDense, spectral_norm_estimate
     rng = np.random.default_rng(0)
-    for shape in [(2, 100), (100, 1), (100, 100)]:
+    for shape in [(2, 100), (100, 1), (100, 100), (300, 64), (64, 300)]:
         # a trained layer has a dominant direction; a pure Gaussian matrix is the slow case (see docstring)
         w = rng.normal(size=shape) + 3.0 * np.outer(rng.normal(size=shape[0]), rng.normal(size=shape[1])) / np.sqrt(shape[0])
-        exact = np.linalg.svd(w, compute_uv=False)[0]
-        np.testing.assert_allclose(float(spectral_norm_estimate(jnp.asarray(w, jnp.float32))), exact, rtol=1e-3)
+        u, sv, vt = np.linalg.svd(w)
+        # the choice is read while tracing, and jit's cache does not key on it: a fresh function each time
+        with kernels.use(impl):
+            wj = jnp.asarray(w, jnp.float32)
+            np.testing.assert_allclose(float(jax.jit(lambda a: spectral_norm_estimate(a))(wj)), sv[0], rtol=1e-3)
+            np.testing.assert_allclose(np.asarray(jax.jit(jax.grad(lambda a: spectral_norm_estimate(a)))(wj)),
+                                       np.outer(u[:, 0], vt[0]), atol=2e-3)
     layer = SpectralDense(100)
     params = layer.init(jax.random.PRNGKey(0), jnp.zeros((1, 2)))["params"]
     k = np.asarray(params["kernel"])
@@ -239,3 +248,19 @@ def test_spectral_norm_estimate_against_numpy_svd():
     out = layer.apply({"params": params}, x)
     expected = np.asarray(x) @ (k / np.linalg.svd(k, compute_uv=False)[0])
     np.testing.assert_allclose(np.asarray(out), expected, rtol=1e-3, atol=1e-5)
+
+
+def test_spectral_norm_native_path_forms_no_gram_matrix():
+    """On GPUs and TPUs ('native') the power iteration is matrix-vector products only: the 100x100
+    Gram W^T W of the CPU rewrite (2 MFLOP that every device repeats) is absent from the program."""
+    from ebm_jax import kernels
+    from ebm_jax.models.mlp import spectral_norm_estimate
+    w = jnp.ones((100, 100), jnp.float32)
+    flops = {}
+    for impl in ("cpu", "native"):
+        with kernels.use(impl):
+            cost = jax.jit(lambda a: spectral_norm_estimate(a)).lower(w).compile().cost_analysis()
+        flops[impl] = (cost[0] if isinstance(cost, list) else cost)["flops"]
+    gram = 2 * 100 ** 3
+    assert flops["cpu"] > gram
+    assert flops["native"] < 0.5 * gram   # 20 pairs of 100x100 matrix-vector products: 0.8 MFLOP

@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from ebm_jax import kernels
 from ebm_jax.errors import ConfigError
 from ebm_jax.models.batchnorm import BatchNormLayers
 
@@ -77,9 +78,13 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
         return u @ w @ v
     v = jnp.full((w.shape[1],), 1.0 / jnp.sqrt(w.shape[1]), w.dtype)
     v = v + 0.01 * jnp.sin(jnp.arange(w.shape[1], dtype=w.dtype))  # not orthogonal to a top vector by symmetry
-    if w.shape[1] <= GRAM_MAX_SIDE:
+    if w.shape[1] <= GRAM_MAX_SIDE and kernels.cpu_rewrites():
         # the same iteration on W^T W formed once: v <- W^T W v / ||.|| is the direction the two
-        # matrix-vector products give, with one product and one normalisation per step instead of two
+        # matrix-vector products give, with one product and one normalisation per step instead of two.
+        # A CPU rewrite (ebm_jax.kernels): fewer sequential steps, which is what a CPU runs slowly, for
+        # a fan_in x fan_out^2 product that is parameter-side work every device repeats (2 MFLOP of the
+        # 100-wide toy layers' ~2.4 MFLOP a call; docs/scaling.md), so the native path keeps the pair
+        # of matrix-vector products.
         gram = w_sg.T @ w_sg
         for _ in range(num_iters):
             v = unit(gram @ v)

@@ -1,0 +1,34 @@
+"""bench/density_benchmark.py is run in parts: each finished run is added to its JSON at once with seed
+0's density grid beside it, and a later invocation does not repeat a run the JSON already holds."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO
+
+SCRIPT = os.path.join(REPO, "bench", "density_benchmark.py")
+
+
+def run(tmp_path, *methods):
+    cmd = [sys.executable, SCRIPT, "--methods", *methods, "--datasets", "sevenaniso", "--seeds", "2",
+           "--steps_scale", "0.0001", "--json", str(tmp_path / "r.json"), "--picture", str(tmp_path / "p.png"),
+           "--workdir", str(tmp_path / "runs")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
+    out = run(tmp_path, "mle")
+    assert "mle   sevenaniso: KL" in out
+    first = json.load(open(tmp_path / "r.json"))["rows"]
+    assert [(r["method"], r["dataset"], r["seeds"]) for r in first] == [("mle", "sevenaniso", 2)]
+    assert len(first[0]["per_seed_kl"]) == 2 and first[0]["commit"] and first[0]["backend"].startswith("backend")
+    assert os.path.exists(tmp_path / "r_grids" / "mle_sevenaniso.npz") and os.path.exists(tmp_path / "p.png")
+    # a second invocation with one more method trains only that one and keeps the first row as it was
+    out = run(tmp_path, "mle", "steincd")
+    assert "steincd   sevenaniso: KL" in out and "mle   sevenaniso: KL" not in out
+    rows = {r["method"]: r for r in json.load(open(tmp_path / "r.json"))["rows"]}
+    assert set(rows) == {"mle", "steincd"} and rows["mle"] == first[0]
+    assert "- MLE" in out   # the table has the gap to the MLE ceiling
