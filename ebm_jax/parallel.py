@@ -44,10 +44,7 @@ def shard_rows(x, axis: int = 0):
     each device's share only: random draws made inside the program (z, noise, probes) are otherwise
     replicated, and everything computed from them runs in full on every device. The identity outside
     a mesh, on one device, or when the axis does not split evenly."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names:
-        return x
-    n = mesh.shape[DATA_AXIS]
+    n = _traced_devices()
     if n == 1 or x.shape[axis] % n:
         return x
     spec = [None] * x.ndim
@@ -55,11 +52,18 @@ def shard_rows(x, axis: int = 0):
     return jax.lax.with_sharding_constraint(x, P(*spec))
 
 
+def _traced_devices() -> int:
+    """The size of the data axis of the mesh the program is traced under (1 outside a mesh)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names:
+        return 1
+    return mesh.shape[DATA_AXIS]
+
+
 def replicate(tree):
     """Every array of `tree` constrained to be whole on every device of the mesh the program is traced
     under (the identity outside a mesh or on one device)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names or mesh.shape[DATA_AXIS] == 1:
+    if _traced_devices() == 1:
         return tree
     return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, P()), tree)
 
@@ -106,10 +110,9 @@ def split_like_optimizer_state(tree):
     """Every array of `tree` constrained to the split state_shardings gives an optimiser-state leaf of
     its shape (inside a vmap over seeds the seed axis is not in the shape, as state_shardings skips
     it); the identity outside a mesh or on one device."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh is None or mesh.empty or DATA_AXIS not in mesh.axis_names or mesh.shape[DATA_AXIS] == 1:
+    n = _traced_devices()
+    if n == 1:
         return tree
-    n = mesh.shape[DATA_AXIS]
     return jax.tree_util.tree_map(lambda x: jax.lax.with_sharding_constraint(x, P(*_split_spec(x.shape, n))), tree)
 
 
