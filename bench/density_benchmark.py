@@ -176,6 +176,25 @@ def fmt(s, k, digits=3):
     return f"{s[k]:.{digits}f} +- {s[k + ':std']:.{digits}f}"
 
 
+def markdown_tables(summary, table, columns, methods, datasets):
+    """KL mean +- std as a toy x method matrix (what the README shows), then every column per run, then
+    where each figure came from."""
+    by = {(s["dataset"], s["method"]): s for s in summary}
+    methods = [m for m in methods if any((d, m) in by for d in datasets)]
+    datasets = [d for d in datasets if any((d, m) in by for m in methods)]
+    lines = ["| KL(data \\|\\| model) | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for d in datasets:
+        cells = [fmt(by[(d, m)], "kl_data_model", 2) if (d, m) in by else "" for m in methods]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
+    lines += ["", "| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
+    made = sorted({(s.get("backend", ""), s.get("commit", ""), s.get("date", ""), s["seeds"], s.get("steps_scale", 1.0))
+                   for s in summary})
+    lines += [""] + [f"Measured with {b}, commit {c}, {t}: {n} seeds, steps x {k:g}." for b, c, t, n, k in made]
+    return "\n".join(lines) + "\n"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
@@ -187,6 +206,7 @@ def main():
     parser.add_argument("--rerun", action="store_true", help="repeat runs that --json already holds")
     parser.add_argument("--json", default=None, help="the results file to add to (default bench/results/"
                         "density_benchmark.json; with --quick, density_benchmark_quick.json)")
+    parser.add_argument("--markdown", default=None, help="the tables as Markdown (default: --json with .md)")
     parser.add_argument("--picture", default=None, help="default docs/images/density_benchmark.png; with --quick "
                         "bench/results/density_benchmark_quick.png")
     args = parser.parse_args()
@@ -231,6 +251,11 @@ def main():
                   fmt(s, "generator/mode_frequency_kl"), f"{s['seconds']:.0f}"]
         table.append(dict(zip(columns, values)))
     print_table(table, columns)
+    markdown = args.markdown or (os.path.splitext(args.json)[0] + ".md" if args.json else "")
+    if markdown and summary:
+        with open(markdown, "w") as f:
+            f.write(markdown_tables(summary, table, columns, methods, datasets))
+        print(f"wrote {markdown}")
     if args.picture and args.json:
         picture(summary, methods, datasets, args.picture, args.json)
         print(f"wrote {args.picture}")

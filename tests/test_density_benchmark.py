@@ -32,3 +32,8 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     rows = {r["method"]: r for r in json.load(open(tmp_path / "r.json"))["rows"]}
     assert set(rows) == {"mle", "steincd"} and rows["mle"] == first[0]
     assert "- MLE" in out   # the table has the gap to the MLE ceiling
+    # the Markdown beside the JSON: the toy x method KL matrix with both runs, then the full table
+    md = open(tmp_path / "r.md").read().splitlines()
+    assert md[0] == "| KL(data \\|\\| model) | mle | steincd |"
+    kl = {m: f"{r['kl_data_model']:.2f} +- {r['kl_data_model:std']:.2f}" for m, r in rows.items()}
+    assert md[2] == f"| sevenaniso | {kl['mle']} | {kl['steincd']} |"
