@@ -149,13 +149,15 @@ def summarise(r):
 
 
 def provenance():
-    """The machine, the commit (with '+changes' when the checkout differs from it) and the date."""
+    """The machine, the commit (with '+changes' when the code in the checkout differs from it: the
+    package, the configs and the benchmarks, not their results or the docs) and the date."""
     import datetime
     import subprocess
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no"],
+        dirty = subprocess.run(["git", "-C", REPO, "status", "--porcelain", "--untracked-files=no", "--",
+                                "ebm_jax", "configs", "bench", ":!bench/results"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         commit = commit + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):
