@@ -42,7 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
         # quadratic q > 0 adds q ||x||^2 to an MLP energy: a Gaussian base measure that keeps exp(-E)
         # integrable and its mass near the data where nothing else constrains the network
         "energy": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False,
-                   "quadratic": 0.0},
+                   "quadratic": 0.0,
+                   # with spectral_norm: learn the output scale as exp(s) (models.mlp.EnergyMLP)
+                   "log_output_scale": False},
         "generator": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "relu"},
         "statistics": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu"},
     })

@@ -318,13 +318,21 @@ def build_energy(energy_config, data_shape, compute_dtype=None):
     return with_compute_dtype(net, compute_dtype or jnp.float32, image)
 
 
+def _flag(energy_config, name):
+    v = energy_config.get(name, False)
+    if not isinstance(v, bool):
+        raise ConfigError(f"model.energy.{name}={v!r} is invalid; it must be True or False.")
+    return v
+
+
 def _energy_network(energy_config, data_shape):
     from ebm_jax.models.mlp import EnergyMLP, build_mlp
     kind = _kind("energy", energy_config, ENERGY_KINDS)
     if kind == "mlp":
         return build_mlp("energy", energy_config.hidden, energy_config.activation,
                          spectral_norm=energy_config.get("spectral_norm", False),
-                         quadratic=float(energy_config.get("quadratic", 0.0)))
+                         quadratic=float(energy_config.get("quadratic", 0.0)),
+                         log_output_scale=_flag(energy_config, "log_output_scale"))
     if kind == "rbm":
         n = int(energy_config.num_hidden)
         if n < 1:
