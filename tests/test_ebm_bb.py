@@ -264,3 +264,30 @@ def test_spectral_norm_native_path_forms_no_gram_matrix():
     gram = 2 * 100 ** 3
     assert flops["cpu"] > gram
     assert flops["native"] < 0.5 * gram   # 20 pairs of 100x100 matrix-vector products: 0.8 MFLOP
+
+
+def test_log_output_scale_multiplies_the_normalised_network_by_exp_s():
+    """model.energy.log_output_scale: E = exp(s) f(x) + q ||x||^2 with f the spectrally normalised MLP,
+    and dE/ds = exp(s) f(x): the scale's gradient is proportional to the scale, so Adam's ~lr steps on
+    s grow it geometrically. Checked against the same network with the linear scale set to exp(s)."""
+    from ebm_jax.models.energies import build_energy
+    cfg = configlib.load_config("configs/steincd.py").model.energy
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)), jnp.float32)
+    lin = build_energy(cfg, (2,))
+    cfg.log_output_scale = True
+    log = build_energy(cfg, (2,))
+    p_log = log.init(jax.random.PRNGKey(0), x)["params"]
+    assert set(p_log) == {"MLP_0", "log_output_scale"} and float(p_log["log_output_scale"]) == 0.0
+    s = 1.3
+    p_log = {**p_log, "log_output_scale": jnp.float32(s)}
+    p_lin = {"MLP_0": p_log["MLP_0"], "output_scale": jnp.float32(np.exp(s))}
+    e_lin = np.asarray(lin.apply({"params": p_lin}, x))
+    np.testing.assert_allclose(np.asarray(log.apply({"params": p_log}, x)), e_lin, rtol=1e-5)
+    f = (e_lin - cfg.quadratic * np.sum(np.asarray(x) ** 2, axis=1)) / np.exp(s)   # the normalised network
+    grad = jax.grad(lambda p: log.apply({"params": p}, x).sum())(p_log)["log_output_scale"]
+    np.testing.assert_allclose(float(grad), np.exp(s) * f.sum(), rtol=1e-4)
+    import ml_collections
+    from ebm_jax.methods.base import ConfigError
+    bad = ml_collections.ConfigDict({**cfg.to_dict(), "log_output_scale": 1})   # a config built without the field's type
+    with pytest.raises(ConfigError, match=r"model.energy.log_output_scale=1 is invalid; it must be True or False"):
+        build_energy(bad, (2,))
