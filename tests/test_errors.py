@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -184,6 +186,31 @@ def test_non_finite_loss_names_step_and_keeps_last_good_checkpoint(trained):
                             "train.log_every": 1})
     with pytest.raises(train.NonFiniteLossError, match=r"became non-finite at step (\d+); the last good checkpoint "
                                                        r"\(step 6\) .* is kept") as e:
+        train.train_and_evaluate(config, trained)
+    one_sentence(e.value)
+    assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["3", "6"]
+    assert tree_digest(os.path.join(trained, "checkpoints", "6")) == before
+
+
+def test_state_overflow_under_a_finite_loss_stops_and_keeps_last_good_checkpoint(trained, monkeypatch):
+    """A loss can stay finite while the state overflows (Adam's second moment at inf once gradients pass
+    ~1e19): the run stops as for a non-finite loss, and nothing from that step on is saved, so the last
+    checkpoint still restores. Injected: every iteration's new optimiser state has an inf entry."""
+    from ebm_jax.methods import meg
+    before = tree_digest(os.path.join(trained, "checkpoints", "6"))
+    real = meg.MEG.train_step
+
+    def overflowing(self, state, batch, key):
+        new, metrics = real(self, state, batch, key)
+        leaves, tree = jax.tree_util.tree_flatten(new["opt_state"])
+        i = next(i for i, v in enumerate(leaves) if v.ndim == 2)
+        leaves[i] = leaves[i].at[0, 0].set(jnp.inf)
+        return {**new, "opt_state": jax.tree_util.tree_unflatten(tree, leaves)}, metrics
+
+    monkeypatch.setattr(meg.MEG, "train_step", overflowing)
+    config = tiny_config(**{"train.num_steps": 12, "train.checkpoint_every": 2, "train.log_every": 1})
+    with pytest.raises(train.NonFiniteLossError, match=r"loss or state became non-finite at step 6; the last good "
+                                                       r"checkpoint \(step 6\) .* is kept") as e:
         train.train_and_evaluate(config, trained)
     one_sentence(e.value)
     assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["3", "6"]
