@@ -37,3 +37,7 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert md[0] == "| KL(data \\|\\| model) | mle | steincd |"
     kl = {m: f"{r['kl_data_model']:.2f} +- {r['kl_data_model:std']:.2f}" for m, r in rows.items()}
     assert md[2] == f"| sevenaniso | {kl['mle']} | {kl['steincd']} |"
+    # --report trains nothing, even for a method without a run, and reports the runs there are
+    out = run(tmp_path, "mle", "steincd", "cd", "--report")
+    assert ": KL" not in out and "- MLE" in out
+    assert json.load(open(tmp_path / "r.json"))["rows"] == sorted(rows.values(), key=lambda r: r["method"])
