@@ -133,9 +133,10 @@ class EnergyMLP(nn.Module):
     With spectral_norm every layer is 1-Lipschitz, so a learnable output scale follows (init 1), as
     the EBM-BB reference's Disc ends in Linear(1, 1, bias=False): the energy's sharpness is then one
     parameter instead of being capped by the normalisation. log_output_scale makes it exp(s) with s
-    learned (init 0): Adam moves a parameter by about lr a step, so a linear scale grows by at most
-    lr x steps (1e-3 x 10k = 10: |grad E| <= 11 for a 1-Lipschitz network, where a 25-Gaussians mode
-    of std 0.018 needs ~55 at one std), while exp(s) grows e-fold every 1/lr steps."""
+    learned (init 0): Adam moves a parameter by about lr a step, so a linear scale grows by about
+    lr x steps at most (1e-3 x 10k: |grad E| <~ 11 for the 1-Lipschitz network, where a 25-Gaussians
+    mode of std 0.018 needs ~55 at one std), while exp(s) can grow e-fold every 1/lr steps. Off by
+    default: on the Stein-family toys it let the contrastive updates diverge (docs/density_benchmark.md)."""
     hidden: Sequence[int]
     activation: str = "leaky_relu"
     spectral_norm: bool = False
