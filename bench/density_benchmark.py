@@ -195,9 +195,12 @@ def markdown_tables(summary, table, columns, methods, datasets):
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
     lines += ["", "| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
-    made = sorted({(s.get("backend", ""), s.get("commit", ""), s.get("date", ""), s["seeds"], s.get("steps_scale", 1.0))
-                   for s in summary})
-    lines += [""] + [f"Measured with {b}, commit {c}, {t}: {n} seeds, steps x {k:g}." for b, c, t, n, k in made]
+    made = {}
+    for s in summary:
+        key = (s.get("backend", ""), s.get("date", ""), s["seeds"], s.get("steps_scale", 1.0))
+        made.setdefault(key, set()).add(s.get("commit", ""))
+    lines += [""] + [f"Measured with {b}, {t}: {n} seeds, steps x {k:g}; commits {', '.join(sorted(c))} (each row's "
+                     "in the JSON)." for (b, t, n, k), c in sorted(made.items())]
     return "\n".join(lines) + "\n"
 
 
