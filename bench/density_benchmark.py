@@ -160,8 +160,8 @@ def provenance():
     try:
         commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", REPO, "--no-optional-locks", "status", "--porcelain", "--untracked-files=no", "--",
-                                "ebm_jax", "configs", "bench", ":!bench/results"],
+        dirty = subprocess.run(["git", "-C", REPO, "--no-optional-locks", "status", "--porcelain",
+                                "--untracked-files=no", "--", "ebm_jax", "configs", "bench", ":!bench/results"],
                                capture_output=True, text=True, timeout=10).stdout.strip()
         commit = commit + ("+changes" if dirty else "")
     except (OSError, subprocess.SubprocessError):

@@ -136,7 +136,7 @@ class EnergyMLP(nn.Module):
     learned (init 0): Adam moves a parameter by about lr a step, so a linear scale grows by about
     lr x steps at most (1e-3 x 10k: |grad E| <~ 11 for the 1-Lipschitz network, where a 25-Gaussians
     mode of std 0.018 needs ~55 at one std), while exp(s) can grow e-fold every 1/lr steps. Off by
-    default: on the Stein-family toys it let the contrastive updates diverge (docs/density_benchmark.md)."""
+    default: on the CD-1 and SteinGAN toys it let the contrastive updates diverge (docs/density_benchmark.md)."""
     hidden: Sequence[int]
     activation: str = "leaky_relu"
     spectral_norm: bool = False
