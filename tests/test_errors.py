@@ -180,16 +180,22 @@ def test_corrupt_latest_checkpoint_is_reported_and_kept(trained):
     assert ebm_jax.load(trained, step=3).step == 3   # the earlier good checkpoint still restores
 
 
-def test_non_finite_loss_names_step_and_keeps_last_good_checkpoint(trained):
+def stops_keeping_step_6(trained, config, match):
+    """Training on from the `trained` workdir (checkpoints 3 and 6) stops with one NonFiniteLossError
+    sentence matching `match`, and checkpoint 6 stays the latest, byte for byte."""
     before = tree_digest(os.path.join(trained, "checkpoints", "6"))
-    config = tiny_config(**{"optim.lr": 1e38, "train.num_steps": 20, "train.checkpoint_every": 2,
-                            "train.log_every": 1})
-    with pytest.raises(train.NonFiniteLossError, match=r"became non-finite at step (\d+); the last good checkpoint "
-                                                       r"\(step 6\) .* is kept") as e:
+    with pytest.raises(train.NonFiniteLossError, match=match) as e:
         train.train_and_evaluate(config, trained)
     one_sentence(e.value)
     assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["3", "6"]
     assert tree_digest(os.path.join(trained, "checkpoints", "6")) == before
+
+
+def test_non_finite_loss_names_step_and_keeps_last_good_checkpoint(trained):
+    config = tiny_config(**{"optim.lr": 1e38, "train.num_steps": 20, "train.checkpoint_every": 2,
+                            "train.log_every": 1})
+    stops_keeping_step_6(trained, config, r"became non-finite at step (\d+); the last good checkpoint "
+                                          r"\(step 6\) .* is kept")
 
 
 def test_state_overflow_under_a_finite_loss_stops_and_keeps_last_good_checkpoint(trained, monkeypatch):
@@ -197,7 +203,6 @@ def test_state_overflow_under_a_finite_loss_stops_and_keeps_last_good_checkpoint
     ~1e19): the run stops as for a non-finite loss, and nothing from that step on is saved, so the last
     checkpoint still restores. Injected: every iteration's new optimiser state has an inf entry."""
     from ebm_jax.methods import meg
-    before = tree_digest(os.path.join(trained, "checkpoints", "6"))
     real = meg.MEG.train_step
 
     def overflowing(self, state, batch, key):
@@ -209,12 +214,8 @@ def test_state_overflow_under_a_finite_loss_stops_and_keeps_last_good_checkpoint
 
     monkeypatch.setattr(meg.MEG, "train_step", overflowing)
     config = tiny_config(**{"train.num_steps": 12, "train.checkpoint_every": 2, "train.log_every": 1})
-    with pytest.raises(train.NonFiniteLossError, match=r"loss or state became non-finite at step 6; the last good "
-                                                       r"checkpoint \(step 6\) .* is kept") as e:
-        train.train_and_evaluate(config, trained)
-    one_sentence(e.value)
-    assert sorted(os.listdir(os.path.join(trained, "checkpoints"))) == ["3", "6"]
-    assert tree_digest(os.path.join(trained, "checkpoints", "6")) == before
+    stops_keeping_step_6(trained, config, r"loss or state became non-finite at step 6; the last good "
+                                          r"checkpoint \(step 6\) .* is kept")
 
 
 def test_load_errors(tmp_path, trained):
