@@ -19,8 +19,9 @@ every method (rows) and toy (columns), the data in the first row.
 The benchmark is long on a CPU, so it is built to be run in parts: each finished run is added to
 --json at once (with the machine, the commit and the date), seed 0's density grid is kept beside it
 (JSON_grids/METHOD_DATASET.npz) for the picture, and a run already in --json with the same seeds and
-steps is not repeated (--rerun repeats it). The table and picture show every run in --json among
---methods x --datasets, however many invocations (or machines) produced them.
+steps is not repeated (--rerun repeats it). The printed table shows the runs in --json among --methods x
+--datasets; the Markdown (--markdown) and the picture show every run --json holds with the same seeds and
+steps, however many invocations (or machines) produced them.
 """
 import argparse
 import json
@@ -248,9 +249,27 @@ def main():
                 save_grid(args.json, m, d, r["workdir"])
                 write_json(args.json, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
             print(f"{m:>9} {d:>12}: KL {fmt(s, 'kl_data_model')}  ({s['seconds']} s)", flush=True)
+    # the printed table: the runs among --methods x --datasets; the Markdown and the picture: every run the
+    # JSON holds, so that an invocation for a part of the benchmark does not drop the other rows from them
     summary = [rows[(m, d)] for d in datasets for m in methods if same_run(rows.get((m, d)))]
-    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
     print(backend_line())
+    columns, table = summary_table(summary)
+    print_table(table, columns)
+    written = [rows[(m, d)] for d in DATASETS for m in METHODS if same_run(rows.get((m, d)))]
+    markdown = args.markdown or (os.path.splitext(args.json)[0] + ".md" if args.json else "")
+    if markdown and written:
+        with open(markdown, "w") as f:
+            columns, table = summary_table(written)
+            f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS)))
+        print(f"wrote {markdown}")
+    if args.picture and args.json and written:
+        picture(written, list(METHODS), list(DATASETS), args.picture, args.json)
+        print(f"wrote {args.picture}")
+
+
+def summary_table(summary):
+    """One row per run: its metrics' mean +- std over seeds and the gap to the same toy's MLE ceiling."""
+    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
     columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
                "HQ MCMC", "mode-freq KL gen", "wall s"]
     table = []
@@ -261,16 +280,7 @@ def main():
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
                   fmt(s, "generator/mode_frequency_kl"), f"{s['seconds']:.0f}"]
         table.append(dict(zip(columns, values)))
-    print_table(table, columns)
-    markdown = args.markdown or (os.path.splitext(args.json)[0] + ".md" if args.json else "")
-    if markdown and summary:
-        with open(markdown, "w") as f:
-            f.write(markdown_tables(summary, table, columns, methods, datasets))
-        print(f"wrote {markdown}")
-    if args.picture and args.json:
-        picture(summary, methods, datasets, args.picture, args.json)
-        print(f"wrote {args.picture}")
-
+    return columns, table
 
 if __name__ == "__main__":
     main()

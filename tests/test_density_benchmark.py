@@ -37,6 +37,10 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert md[0] == "| KL(data \\|\\| model) | mle | steincd |"
     kl = {m: f"{r['kl_data_model']:.2f} +- {r['kl_data_model:std']:.2f}" for m, r in rows.items()}
     assert md[2] == f"| sevenaniso | {kl['mle']} | {kl['steincd']} |"
+    # an invocation for a part (here one method, already run) still writes every run to the Markdown
+    out = run(tmp_path, "steincd")
+    assert ": KL" not in out
+    assert open(tmp_path / "r.md").read().splitlines()[:3] == md[:3]
     # --report trains nothing, even for a method without a run, and reports the runs there are
     out = run(tmp_path, "mle", "steincd", "cd", "--report")
     assert ": KL" not in out and "- MLE" in out
