@@ -291,3 +291,45 @@ def test_log_output_scale_multiplies_the_normalised_network_by_exp_s():
     bad = ml_collections.ConfigDict({**cfg.to_dict(), "log_output_scale": 1})   # a config built without the field's type
     with pytest.raises(ConfigError, match=r"model.energy.log_output_scale=1 is invalid; it must be True or False"):
         build_energy(bad, (2,))
+
+
+def test_persistent_spectral_norm_is_one_power_iteration_a_call():
+    """With its 'spectral' collection passed (the divergence triangle keeps it in its state), a spectrally
+    normalised layer runs one power iteration a call from the stored right singular vector, stores the
+    new one when the collection is mutable, and converges to numpy's largest singular value; the
+    gradient in the kernel is that of x W / sigma with sigma = u^T W v, u and v held fixed. Without the
+    collection it is the stateless estimate, as before."""
+    from ebm_jax.models.mlp import SpectralDense, spectral_norm_estimate
+    rng = np.random.default_rng(3)
+    layer = SpectralDense(20)
+    x = jnp.asarray(rng.normal(size=(4, 30)), jnp.float32)
+    params = layer.init(jax.random.PRNGKey(0), x)["params"]
+    w = rng.normal(size=(30, 20)) + 2.0 * np.outer(rng.normal(size=30), rng.normal(size=20)) / np.sqrt(30)
+    params = {"kernel": jnp.asarray(w, jnp.float32), "bias": params["bias"]}
+    out = layer.apply({"params": params}, x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x) @ (w / float(spectral_norm_estimate(params["kernel"]))),
+                               rtol=1e-5, atol=1e-6)
+    # a first mutable call with nothing stored starts the vector; then one numpy power step a call
+    spectral = layer.apply({"params": params}, x, mutable=["spectral"])[1]["spectral"]
+    v = np.asarray(spectral["v"], np.float64)
+    for _ in range(30):
+        u = w @ v / np.linalg.norm(w @ v)
+        v_next = w.T @ u / np.linalg.norm(w.T @ u)
+        sigma = u @ w @ v_next
+        out, new = layer.apply({"params": params, "spectral": spectral}, x, mutable=["spectral"])
+        np.testing.assert_allclose(np.asarray(new["spectral"]["v"]), v_next, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(out), np.asarray(x) @ w / sigma, rtol=1e-4, atol=1e-5)
+        spectral, v = new["spectral"], v_next
+    np.testing.assert_allclose(sigma, np.linalg.svd(w, compute_uv=False)[0], rtol=1e-5)
+    # read-only (evaluation): the same step, nothing stored
+    frozen = layer.apply({"params": params, "spectral": spectral}, x)
+    np.testing.assert_allclose(np.asarray(frozen), np.asarray(out), rtol=1e-4, atol=1e-5)
+    # d/dW sum(x W / sigma) = (x^T 1) / sigma - sum(x W) / sigma^2 u v^T, with u, v from the step
+    u = w @ v / np.linalg.norm(w @ v)
+    v_next = w.T @ u / np.linalg.norm(w.T @ u)
+    sigma = u @ w @ v_next
+    xs = np.asarray(x, np.float64)
+    want = np.outer(xs.sum(0), np.ones(20)) / sigma - (xs @ w).sum() / sigma ** 2 * np.outer(u, v_next)
+    got = jax.grad(lambda k: jnp.sum(layer.apply({"params": {**params, "kernel": k}, "spectral": spectral}, x)))(
+        params["kernel"])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-3, atol=1e-4)

@@ -409,7 +409,19 @@ def test_triangle_iteration_is_algorithm_1(objective):
         batch, key = data((1, 5, 2), 7, 0.7), jax.random.PRNGKey(9)
         old, new, _ = one_iteration(method, batch, key)
         p = old["params"]
-        f = lambda ap, x, z: method.energy_net.apply({"params": ap}, x, z)   # noqa: E731
+        # the spectrally normalised layers' right singular vectors: one power iteration from the stored
+        # ones is what the iteration stores, f before the update uses them, f after it one more step
+        sv_old, sv_new = old["energy_spectral"], new["energy_spectral"]
+
+        def power_step(kernel, v):
+            w = np.asarray(kernel).reshape(-1, kernel.shape[-1])
+            u = w @ np.asarray(v) / np.linalg.norm(w @ np.asarray(v))
+            return w.T @ u / np.linalg.norm(w.T @ u)
+        stepped = jax.tree_util.tree_map_with_path(
+            lambda path, v: power_step(p["energy"][path[0].key][path[1].key]["kernel"], v), sv_old)
+        assert_trees_close(sv_new, stepped, what="stored singular vectors")
+        f_old = lambda ap, x, z: method.energy_net.apply({"params": ap, "spectral": sv_old}, x, z)   # noqa: E731
+        f = lambda ap, x, z: method.energy_net.apply({"params": ap, "spectral": sv_new}, x, z)   # noqa: E731
         q = lambda ip, x: method.inference_net.apply({"params": ip}, x)      # noqa: E731
         g = lambda tp, z: method.gen.net.apply({"params": tp}, z)            # noqa: E731
         x = jnp.asarray(batch[0])
@@ -426,7 +438,7 @@ def test_triangle_iteration_is_algorithm_1(objective):
 
         z_tilde = infer(p["inference"])[0]
         x_tilde = g(p["generator"], z)
-        alpha = sgd_step(p["energy"], lambda ap: -jnp.mean(f(ap, x, z_tilde)) + jnp.mean(f(ap, x_tilde, z)))
+        alpha = sgd_step(p["energy"], lambda ap: -jnp.mean(f_old(ap, x, z_tilde)) + jnp.mean(f_old(ap, x_tilde, z)))
 
         def inference_loss(ip):
             zt, mu, log_var = infer(ip)

@@ -106,12 +106,28 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         g_params, g_stats = self.gen.init(k_g, z)
         params = {"energy": self.energy_net.init(k_e, x, z)["params"],
                   "inference": self.inference_net.init(k_i, x)["params"], "generator": g_params}
+        # the spectrally normalised layers' right singular vectors, kept from one iteration to the next
+        # (models.mlp.spectral_normalise: one power iteration a call instead of 20); started from the
+        # stateless estimate, so that iteration 0 normalises as accurately as before
+        spectral = self.energy_net.apply({"params": params["energy"]}, x, z, mutable=["spectral"])[1]
         return {"params": params, "opt_state": {k: self.tx[k].init(v) for k, v in params.items()},
-                **self.gen.state_entries(g_stats)}
+                **self.gen.state_entries(g_stats), **self._spectral_entries(spectral.get("spectral", {}))}
+
+    @staticmethod
+    def _spectral_entries(spectral):
+        """The train-state entry for the energy's singular vectors; none without spectral normalisation."""
+        return {"energy_spectral": spectral} if spectral else {}
+
+    def inference_params(self, state):
+        params = super().inference_params(state)
+        return {**params, **self._spectral_entries(state.get("energy_spectral", {}))}
+
+    def _energy_variables(self, energy_params, spectral):
+        return {"params": energy_params, **({"spectral": spectral} if spectral else {})}
 
     # ---- the three networks ----
     def f(self, params, x, z):
-        return self.energy_net.apply({"params": params["energy"]}, x, z)
+        return self.energy_net.apply(self._energy_variables(params["energy"], params.get("energy_spectral")), x, z)
 
     def joint_energy(self, params, x, z):
         """E(x, z) = -f(x, z)."""
@@ -173,16 +189,27 @@ class DivergenceTriangle(GeneratorEnergyMethod):
                                                                 has_aux=True)
         z_inf_fixed, x_syn_fixed = jax.lax.stop_gradient(z_inf), jax.lax.stop_gradient(x_gen)
 
-        # Step 5: latent EBM, Eq. 19
-        def e_loss_fn(ep):
-            f_inf = self.energy_net.apply({"params": ep}, x, z_inf_fixed)
-            f_syn = self.energy_net.apply({"params": ep}, x_syn_fixed, z)
-            return latent_ebm_loss(f_inf, f_syn), {"energy_real": -jnp.mean(f_inf), "energy_fake": -jnp.mean(f_syn)}
+        # Step 5: latent EBM, Eq. 19. With spectral normalisation the first call advances the stored
+        # singular vectors by one power iteration; the second uses the same vectors (XLA computes the
+        # normalised kernels once), and f at the updated alpha one more iteration from the new ones.
+        spectral = state.get("energy_spectral", {})
 
-        (e_loss, e_aux), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
+        def e_loss_fn(ep):
+            if spectral:
+                f_inf, new = self.energy_net.apply(self._energy_variables(ep, spectral), x, z_inf_fixed,
+                                                   mutable=["spectral"])
+                new = new["spectral"]
+            else:
+                f_inf, new = self.energy_net.apply({"params": ep}, x, z_inf_fixed), {}
+            f_syn = self.energy_net.apply(self._energy_variables(ep, spectral), x_syn_fixed, z)
+            return latent_ebm_loss(f_inf, f_syn), ({"energy_real": -jnp.mean(f_inf),
+                                                    "energy_fake": -jnp.mean(f_syn)}, new)
+
+        (e_loss, (e_aux, new_spectral)), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
+        new_spectral = jax.lax.stop_gradient(new_spectral)
         e_updates, e_opt = self.tx["energy"].update(e_grads, opt["energy"], params["energy"])
         e_params = optax.apply_updates(params["energy"], e_updates)
-        f_new = lambda xx, zz: self.energy_net.apply({"params": e_params}, xx, zz)
+        f_new = lambda xx, zz: self.energy_net.apply(self._energy_variables(e_params, new_spectral), xx, zz)
 
         # Steps 6 and 7 as functions of the networks' outputs, f at the updated alpha
         def inference_part(zt, mu_, log_var_, x_rec_):
@@ -209,4 +236,4 @@ class DivergenceTriangle(GeneratorEnergyMethod):
                    "posterior_log_var": jnp.mean(log_var), "reconstruction_mse": jnp.mean((x - x_rec) ** 2),
                    "energy_generated": energy_generated}
         return {"params": new_params, "opt_state": {"energy": e_opt, "inference": i_opt, "generator": g_opt},
-                **self.gen.state_entries(new_stats)}, metrics
+                **self.gen.state_entries(new_stats), **self._spectral_entries(new_spectral)}, metrics

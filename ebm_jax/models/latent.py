@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from ebm_jax.errors import ConfigError
 from ebm_jax.models.conv import Conv, conv_general_dilated
-from ebm_jax.models.mlp import MLP, _activate, spectral_norm_estimate
+from ebm_jax.models.mlp import MLP, _activate, spectral_normalise
 
 ENCODER_KINDS = ("mlp", "conv")
 
@@ -32,7 +32,7 @@ class SpectralConv(nn.Module):
         shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
         kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        w = kernel / spectral_norm_estimate(kernel)
+        w = spectral_normalise(self, kernel)
         padding = self.padding if isinstance(self.padding, str) else tuple(tuple(p) for p in self.padding)
         y = conv_general_dilated(x, w, tuple(self.strides), padding, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y + bias

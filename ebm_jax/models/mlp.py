@@ -51,19 +51,21 @@ def _top_eigenvector_2x2(g):
     return jnp.where(n > 0, x / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], g.dtype))  # g = 0: any vector
 
 
-def spectral_norm_estimate(kernel, num_iters: int = 20):
+def spectral_norm_estimate(kernel, num_iters: int = 20, return_vector: bool = False):
     """Largest singular value of a (fan_in, fan_out) kernel, differentiable as torch's spectral_norm
     is: sigma = u^T W v with the singular vectors u and v held fixed (stop_gradient).
 
-    Stateless: nothing is threaded through the train state. A kernel with a side of 1 or 2 (the input
+    Stateless: nothing is threaded through the train state (spectral_normalise below runs one iteration a
+    call instead, from a vector a method keeps in its state). A kernel with a side of 1 or 2 (the input
     and output layers of every 2-D toy energy) gets its exact singular vectors in closed form (of the
     1x1 or 2x2 Gram matrix); any other runs `num_iters` power iterations from the same fixed vector
-    every call, instead of torch's persistent u (one iteration per forward pass). The closed forms
+    every call. The closed forms
     are not only exact: they replace 20 rounds of tiny sequential matrix-vector products, which on a
     CPU cost more than the network they normalise (bench/iteration_profile.py on the EBM-BB toys). Where the
     top two singular values are close the iteration falls short of sigma (by 7% after 10 iterations
     on a random 100x100 Gaussian matrix, 0.01% after 50): the layer is then slightly more than
-    1-Lipschitz, but the energy is still one deterministic, differentiable function of the parameters."""
+    1-Lipschitz, but the energy is still one deterministic, differentiable function of the parameters.
+    return_vector: (sigma, the right singular vector estimate v (fan_out,), held fixed) instead."""
     w = kernel.reshape(-1, kernel.shape[-1])
     w_sg = jax.lax.stop_gradient(w)
     unit = lambda a: a / (jnp.linalg.norm(a) + 1e-12)  # noqa: E731
@@ -75,7 +77,7 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
             v, u = x, unit(w_sg @ x)
         else:
             u, v = x, unit(w_sg.T @ x)
-        return u @ w @ v
+        return (u @ w @ v, v) if return_vector else u @ w @ v
     v = jnp.full((w.shape[1],), 1.0 / jnp.sqrt(w.shape[1]), w.dtype)
     v = v + 0.01 * jnp.sin(jnp.arange(w.shape[1], dtype=w.dtype))  # not orthogonal to a top vector by symmetry
     if w.shape[1] <= GRAM_MAX_SIDE and kernels.cpu_rewrites():
@@ -88,12 +90,46 @@ def spectral_norm_estimate(kernel, num_iters: int = 20):
         gram = w_sg.T @ w_sg
         for _ in range(num_iters):
             v = unit(gram @ v)
-        return unit(w_sg @ v) @ w @ v
+        sigma = unit(w_sg @ v) @ w @ v
+        return (sigma, v) if return_vector else sigma
     w_t = w_sg.T
     for _ in range(num_iters):
         u = unit(w_sg @ v)
         v = unit(w_t @ u)
-    return u @ w @ v
+    return (u @ w @ v, v) if return_vector else u @ w @ v
+
+
+def spectral_normalise(module: nn.Module, kernel):
+    """kernel / sigma(kernel) inside `module`'s __call__, with sigma from spectral_norm_estimate, or, where
+    the caller passes the module's 'spectral' collection (a method that keeps it in its train state),
+    from ONE power iteration a call that starts at the right singular vector v stored there, as
+    torch.nn.utils.spectral_norm keeps its vector between forward passes; with the collection mutable
+    the new v is stored (a first call with none stored starts it from the stateless estimate's).
+
+    Why: the stateless estimate's 20 iterations are parameter-side work that every device repeats;
+    on the divergence triangle's MNIST energy they were the part of its iteration that did not split
+    over devices (docs/scaling.md). One iteration a step from a vector that follows the slowly changing
+    kernel converges as the 20 do, at a twentieth of the work. Kernels with a side of 1 or 2 keep their
+    exact closed form, and `init` stores nothing, so a method that never asks for the collection runs
+    exactly as before."""
+    w = kernel.reshape(-1, kernel.shape[-1])
+    if min(w.shape) <= 2 or module.is_initializing():
+        return kernel / spectral_norm_estimate(kernel)
+    stored = module.has_variable("spectral", "v")
+    mutable = module.is_mutable_collection("spectral")
+    if not stored and not mutable:
+        return kernel / spectral_norm_estimate(kernel)
+    if stored:
+        unit = lambda a: a / (jnp.linalg.norm(a) + 1e-12)  # noqa: E731
+        w_sg = jax.lax.stop_gradient(w)
+        u = unit(w_sg @ jax.lax.stop_gradient(module.get_variable("spectral", "v")).astype(w.dtype))
+        v = unit(w_sg.T @ u)
+        sigma = u @ w @ v
+    else:
+        sigma, v = spectral_norm_estimate(kernel, return_vector=True)
+    if mutable:
+        module.put_variable("spectral", "v", v)
+    return kernel / sigma
 
 
 class SpectralDense(nn.Module):
@@ -105,7 +141,7 @@ class SpectralDense(nn.Module):
     def __call__(self, x):
         kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
         bias = self.param("bias", nn.initializers.zeros, (self.features,))
-        return x @ (kernel / spectral_norm_estimate(kernel)) + bias
+        return x @ spectral_normalise(self, kernel) + bias
 
 
 class MLP(nn.Module):
