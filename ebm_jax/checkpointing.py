@@ -224,6 +224,13 @@ def check_meta(saved: Dict[str, Any], current: Dict[str, Any], where: str) -> No
                 "use another --workdir or the matching config.")
     s_shapes, c_shapes = saved.get("state_shapes", {}), current["state_shapes"]
     for name in sorted(set(s_shapes) | set(c_shapes)):
+        if name not in s_shapes or name not in c_shapes:
+            has, lacks = ("the config builds", "the checkpoint") if name in c_shapes else ("the checkpoint holds",
+                                                                                        "the config")
+            raise CheckpointError(
+                f"{where}: {has} a state entry {name} that {lacks} does not have (a checkpoint of another "
+                "config, or of an earlier version of the method); use another --workdir or the config the "
+                "checkpoint was made with.")
         if s_shapes.get(name) != c_shapes.get(name):
             raise CheckpointError(
                 f"{where} holds a checkpoint whose state entry {name} has shape {s_shapes.get(name)}, but the "

@@ -146,6 +146,20 @@ def test_workdir_with_other_shapes_is_refused_untouched(trained):
     assert tree_digest(os.path.join(trained, "checkpoints")) == before
 
 
+def test_checkpoint_without_a_state_entry_the_config_builds_is_named():
+    """A state entry only one side has (e.g. the divergence triangle's singular vectors, absent from a
+    checkpoint of an earlier version) is named as missing, in one sentence, whichever side lacks it."""
+    meta = dict(method="triangle", data_shape=[2], latent_shape=[2], state_shapes={"['params']": [3]})
+    extra = {**meta, "state_shapes": {"['params']": [3], "['energy_spectral']['v']": [128]}}
+    with pytest.raises(checkpointing.CheckpointError, match=r"^wd: the config builds a state entry "
+                       r"\['energy_spectral'\]\['v'\] that the checkpoint does not have") as e:
+        checkpointing.check_meta(meta, extra, "wd")
+    one_sentence(e.value)
+    with pytest.raises(checkpointing.CheckpointError, match=r"the checkpoint holds a state entry "
+                       r"\['energy_spectral'\]\['v'\] that the config does not have"):
+        checkpointing.check_meta(extra, meta, "wd")
+
+
 def test_workdir_with_other_data_shape_is_refused(trained, tmp_path):
     path = _write(tmp_path, "three.npy", np.zeros((100, 3), np.float32))
     with pytest.raises(checkpointing.CheckpointError, match=r"data_shape \[2\], but the config gives \[3\]"):
