@@ -4,6 +4,7 @@
     python bench/density_benchmark.py --quick         # a subset at a tenth of the iterations (a few minutes)
     python bench/density_benchmark.py --methods mle meg --datasets sevenaniso bands --seeds 5
     python bench/density_benchmark.py --report        # train nothing: tables and picture of the runs so far
+    python bench/density_benchmark.py --report --temperatures   # and each run's KL at other temperatures
 
 Every method (and the two references: exact maximum likelihood, the ceiling; persistent contrastive
 divergence, the MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py:TOY)
@@ -216,6 +217,8 @@ def main():
     parser.add_argument("--rerun", action="store_true", help="repeat runs that --json already holds")
     parser.add_argument("--report", action="store_true", help="train nothing: the table, Markdown and picture "
                         "of the runs --json holds")
+    parser.add_argument("--temperatures", action="store_true", help="also print KL(data || model) of seed 0's "
+                        "stored density grid sharpened or flattened to exp(-E/T)/Z_T, for a range of 1/T")
     parser.add_argument("--json", default=None, help="the results file to add to (default bench/results/"
                         "density_benchmark.json; with --quick, density_benchmark_quick.json)")
     parser.add_argument("--markdown", default=None, help="the tables as Markdown (default: --json with .md)")
@@ -262,9 +265,43 @@ def main():
             columns, table = summary_table(written)
             f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS)))
         print(f"wrote {markdown}")
+    if args.temperatures and args.json:
+        print_temperatures(written, args.json)
     if args.picture and args.json and written:
         picture(written, list(METHODS), list(DATASETS), args.picture, args.json)
         print(f"wrote {args.picture}")
+
+
+INVERSE_TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+
+
+def print_temperatures(rows, json_path):
+    """KL(data || model) of exp(-E/T)/Z_T from seed 0's stored grid (the picture's: 120 x 120 cells on
+    [-2, 2]^2, float16, so T = 1 differs a little from the table's metric grid): how much a temperature of
+    the reported density could change each run's figure. Chosen this way it would be chosen on the
+    data's exact density, so it is a diagnostic, not a calibration."""
+    import numpy as np
+
+    from ebm_jax.data.toys import get_toy
+    from ebm_jax.evaluation.toy2d import grid_points
+    _, pts, _ = grid_points(2.0, 120)
+    columns = ["toy", "method"] + [f"1/T={t:g}" for t in INVERSE_TEMPERATURES]
+    table = []
+    for r in rows:
+        grid, toy = load_grid(json_path, r["method"], r["dataset"]), get_toy(r["dataset"])
+        if grid is None or toy.log_density is None:
+            continue
+        log_p = toy.log_density(pts).reshape(120, 120).astype(np.float64)
+        log_p -= np.log(np.sum(np.exp(log_p - np.max(log_p)))) + np.max(log_p)
+        log_q = np.log(np.maximum(grid.astype(np.float64), 1e-30))
+        row = {"toy": r["dataset"], "method": r["method"]}
+        for t in INVERSE_TEMPERATURES:
+            lq = t * log_q
+            lq -= np.log(np.sum(np.exp(lq - lq.max()))) + lq.max()
+            inside = np.isfinite(log_p)   # 0 log 0 = 0 where the data have no mass (the checkerboard)
+            row[f"1/T={t:g}"] = f"{np.sum(np.exp(log_p[inside]) * (log_p[inside] - lq[inside])):.2f}"
+        table.append(row)
+    print_table(table, columns, title="KL(data || model) of seed 0's grid density at temperature T")
 
 
 def summary_table(summary):

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 SCRIPT = os.path.join(REPO, "bench", "density_benchmark.py")
@@ -42,6 +44,16 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert ": KL" not in out
     assert open(tmp_path / "r.md").read().splitlines()[:3] == md[:3]
     # --report trains nothing, even for a method without a run, and reports the runs there are
-    out = run(tmp_path, "mle", "steincd", "cd", "--report")
+    out = run(tmp_path, "mle", "steincd", "cd", "--report", "--temperatures")
     assert ": KL" not in out and "- MLE" in out
+    # --temperatures: KL(data || exp(-E/T)/Z_T) of seed 0's stored grid, here written afresh at 1/T = 2
+    import numpy as np
+    from ebm_jax.data.toys import get_toy
+    from ebm_jax.evaluation.toy2d import grid_points
+    log_p = get_toy("sevenaniso").log_density(grid_points(2.0, 120)[1]).astype(np.float64)
+    p = np.exp(log_p) / np.exp(log_p).sum()
+    q = np.load(tmp_path / "r_grids" / "mle_sevenaniso.npz")["density"].astype(np.float64).ravel() ** 2
+    q = q / q.sum()
+    line = next(x for x in out.splitlines() if x.startswith("sevenaniso") and x.split()[1] == "mle" and "+-" not in x)
+    assert float(line.split()[2 + 3]) == pytest.approx(np.sum(p * np.log(p / q)), abs=0.01)
     assert json.load(open(tmp_path / "r.json"))["rows"] == sorted(rows.values(), key=lambda r: r["method"])
