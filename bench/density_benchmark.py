@@ -319,5 +319,6 @@ def summary_table(summary):
         table.append(dict(zip(columns, values)))
     return columns, table
 
+
 if __name__ == "__main__":
     main()
