@@ -321,13 +321,13 @@ def test_persistent_spectral_norm_is_one_power_iteration_a_call():
         np.testing.assert_allclose(np.asarray(out), np.asarray(x) @ w / sigma, rtol=1e-4, atol=1e-5)
         spectral, v = new["spectral"], v_next
     np.testing.assert_allclose(sigma, np.linalg.svd(w, compute_uv=False)[0], rtol=1e-5)
-    # read-only (evaluation): the same step, nothing stored
-    frozen = layer.apply({"params": params, "spectral": spectral}, x)
-    np.testing.assert_allclose(np.asarray(frozen), np.asarray(out), rtol=1e-4, atol=1e-5)
-    # d/dW sum(x W / sigma) = (x^T 1) / sigma - sum(x W) / sigma^2 u v^T, with u, v from the step
+    # read-only (evaluation): one numpy step from the stored vector, nothing stored
     u = w @ v / np.linalg.norm(w @ v)
     v_next = w.T @ u / np.linalg.norm(w.T @ u)
     sigma = u @ w @ v_next
+    frozen = layer.apply({"params": params, "spectral": spectral}, x)
+    np.testing.assert_allclose(np.asarray(frozen), np.asarray(x) @ w / sigma, rtol=1e-4, atol=1e-5)
+    # d/dW sum(x W / sigma) = (x^T 1) / sigma - sum(x W) / sigma^2 u v^T, with u, v from that step
     xs = np.asarray(x, np.float64)
     want = np.outer(xs.sum(0), np.ones(20)) / sigma - (xs @ w).sum() / sigma ** 2 * np.outer(u, v_next)
     got = jax.grad(lambda k: jnp.sum(layer.apply({"params": {**params, "kernel": k}, "spectral": spectral}, x)))(

@@ -195,15 +195,12 @@ class DivergenceTriangle(GeneratorEnergyMethod):
         spectral = state.get("energy_spectral", {})
 
         def e_loss_fn(ep):
-            if spectral:
-                f_inf, new = self.energy_net.apply(self._energy_variables(ep, spectral), x, z_inf_fixed,
-                                                   mutable=["spectral"])
-                new = new["spectral"]
-            else:
-                f_inf, new = self.energy_net.apply({"params": ep}, x, z_inf_fixed), {}
+            # without spectral normalisation the collection stays empty
+            f_inf, new = self.energy_net.apply(self._energy_variables(ep, spectral), x, z_inf_fixed,
+                                               mutable=["spectral"])
             f_syn = self.energy_net.apply(self._energy_variables(ep, spectral), x_syn_fixed, z)
             return latent_ebm_loss(f_inf, f_syn), ({"energy_real": -jnp.mean(f_inf),
-                                                    "energy_fake": -jnp.mean(f_syn)}, new)
+                                                    "energy_fake": -jnp.mean(f_syn)}, new.get("spectral", {}))
 
         (e_loss, (e_aux, new_spectral)), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
         new_spectral = jax.lax.stop_gradient(new_spectral)

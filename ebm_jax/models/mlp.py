@@ -51,6 +51,16 @@ def _top_eigenvector_2x2(g):
     return jnp.where(n > 0, x / jnp.where(n > 0, n, 1.0), jnp.array([1.0, 0.0], g.dtype))  # g = 0: any vector
 
 
+def _unit(a):
+    return a / (jnp.linalg.norm(a) + 1e-12)
+
+
+def _power_step(w_sg, v):
+    """One power iteration of a (fan_in, fan_out) matrix held fixed: (u, v') = (W v, W^T u), normalised."""
+    u = _unit(w_sg @ v)
+    return u, _unit(w_sg.T @ u)
+
+
 def spectral_norm_estimate(kernel, num_iters: int = 20, return_vector: bool = False):
     """Largest singular value of a (fan_in, fan_out) kernel, differentiable as torch's spectral_norm
     is: sigma = u^T W v with the singular vectors u and v held fixed (stop_gradient).
@@ -68,15 +78,14 @@ def spectral_norm_estimate(kernel, num_iters: int = 20, return_vector: bool = Fa
     return_vector: (sigma, the right singular vector estimate v (fan_out,), held fixed) instead."""
     w = kernel.reshape(-1, kernel.shape[-1])
     w_sg = jax.lax.stop_gradient(w)
-    unit = lambda a: a / (jnp.linalg.norm(a) + 1e-12)  # noqa: E731
     if min(w.shape) <= 2:
         tall = w.shape[0] >= w.shape[1]       # the Gram matrix of the short side is 1x1 or 2x2
         g = w_sg.T @ w_sg if tall else w_sg @ w_sg.T
         x = jnp.ones((1,), w.dtype) if g.shape[0] == 1 else _top_eigenvector_2x2(g)
         if tall:
-            v, u = x, unit(w_sg @ x)
+            v, u = x, _unit(w_sg @ x)
         else:
-            u, v = x, unit(w_sg.T @ x)
+            u, v = x, _unit(w_sg.T @ x)
         return (u @ w @ v, v) if return_vector else u @ w @ v
     v = jnp.full((w.shape[1],), 1.0 / jnp.sqrt(w.shape[1]), w.dtype)
     v = v + 0.01 * jnp.sin(jnp.arange(w.shape[1], dtype=w.dtype))  # not orthogonal to a top vector by symmetry
@@ -89,13 +98,11 @@ def spectral_norm_estimate(kernel, num_iters: int = 20, return_vector: bool = Fa
         # of matrix-vector products.
         gram = w_sg.T @ w_sg
         for _ in range(num_iters):
-            v = unit(gram @ v)
-        sigma = unit(w_sg @ v) @ w @ v
+            v = _unit(gram @ v)
+        sigma = _unit(w_sg @ v) @ w @ v
         return (sigma, v) if return_vector else sigma
-    w_t = w_sg.T
     for _ in range(num_iters):
-        u = unit(w_sg @ v)
-        v = unit(w_t @ u)
+        u, v = _power_step(w_sg, v)
     return (u @ w @ v, v) if return_vector else u @ w @ v
 
 
@@ -122,10 +129,8 @@ def spectral_normalise(module: nn.Module, kernel):
     if not stored and not mutable:
         return kernel / spectral_norm_estimate(kernel)
     if stored:
-        unit = lambda a: a / (jnp.linalg.norm(a) + 1e-12)  # noqa: E731
-        w_sg = jax.lax.stop_gradient(w)
-        u = unit(w_sg @ jax.lax.stop_gradient(module.get_variable("spectral", "v")).astype(w.dtype))
-        v = unit(w_sg.T @ u)
+        v_stored = jax.lax.stop_gradient(module.get_variable("spectral", "v")).astype(w.dtype)
+        u, v = _power_step(jax.lax.stop_gradient(w), v_stored)
         sigma = u @ w @ v
     else:
         sigma, v = spectral_norm_estimate(kernel, return_vector=True)
