@@ -5,6 +5,7 @@
     python bench/density_benchmark.py --methods mle meg --datasets sevenaniso bands --seeds 5
     python bench/density_benchmark.py --report        # train nothing: tables and picture of the runs so far
     python bench/density_benchmark.py --report --temperatures   # and each run's KL at other temperatures
+    python bench/density_benchmark.py --methods ddgm --set method.penalty_weight=0.01 --json /tmp/sweep.json
 
 Every method (and the two references: exact maximum likelihood, the ceiling; persistent contrastive
 divergence, the MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py:TOY)
@@ -23,6 +24,10 @@ The benchmark is long on a CPU, so it is built to be run in parts: each finished
 steps is not repeated (--rerun repeats it). The printed table shows the runs in --json among --methods x
 --datasets; the Markdown (--markdown) and the picture show every run --json holds with the same seeds and
 steps, however many invocations (or machines) produced them.
+
+--set KEY=VALUE (repeatable) trains every requested run with that config field changed, for sweeping a
+default before changing it; such runs record their settings and go to a --json of their own, never to
+the default results file, whose rows are the defaults.
 """
 import argparse
 import json
@@ -33,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import REPO, backend_line, load, print_table, write_json  # noqa: E402
+from common import REPO, backend_line, load, print_table, set_field, write_json  # noqa: E402
 
 METHODS = {"mle": "configs/mle.py", "pcd": "configs/pcd.py", "meg": "configs/meg.py", "ebm_bb": "configs/ebm_bb.py",
            "ebm_0gp": "configs/ebm_0gp.py", "wgan_0gp": "configs/wgan_0gp.py", "steincd": "configs/steincd.py",
@@ -46,10 +51,33 @@ METRICS = ("kl_data_model", "test_nll", "generator/modes_covered", "generator/hi
            "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl")
 
 
-def run_one(method, dataset, seeds, steps_scale, root):
+def parse_settings(items):
+    """['a.b=0.01', ...] -> {'a.b': 0.01}: Python literals where they parse, strings otherwise."""
+    import ast
+    out = {}
+    for item in items or ():
+        key, eq, text = item.partition("=")
+        if not eq or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. method.penalty_weight=0.01")
+        try:
+            out[key] = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out[key] = text
+    return out
+
+
+def run_one(method, dataset, seeds, steps_scale, root, settings=None):
     from ebm_jax import train
     spec = f"{METHODS[method]}:{dataset}{EXTRA_TOKENS.get(method, '')}"
     config = load(spec, {"train.num_seeds": seeds, "train.progress_bar": False, "eval.mcmc": True})
+    for key, value in (settings or {}).items():
+        try:
+            known = set_field(config, key, value, missing_ok=True)
+        except (TypeError, ValueError) as e:
+            raise SystemExit(f"--set {key}={value!r}: {spec}'s field {key} takes another type ({e})")
+        if not known:
+            raise SystemExit(f"--set {key}={value!r}: {spec} has no field {key} (a mistyped name would be "
+                             "ignored by the method)")
     steps = max(10, int(round(int(config.train.num_steps) * steps_scale)))
     if steps != int(config.train.num_steps):
         k = int(config.train.get("steps_per_call", 1))
@@ -219,34 +247,42 @@ def main():
                         "of the runs --json holds")
     parser.add_argument("--temperatures", action="store_true", help="also print KL(data || model) of seed 0's "
                         "stored density grid sharpened or flattened to exp(-E/T)/Z_T, for a range of 1/T")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train with this "
+                        "config field changed (repeatable; needs a --json other than the default)")
     parser.add_argument("--json", default=None, help="the results file to add to (default bench/results/"
                         "density_benchmark.json; with --quick, density_benchmark_quick.json)")
     parser.add_argument("--markdown", default=None, help="the tables as Markdown (default: --json with .md)")
-    parser.add_argument("--picture", default=None, help="default docs/images/density_benchmark.png; with --quick "
-                        "bench/results/density_benchmark_quick.png")
+    parser.add_argument("--picture", default=None, help="default docs/images/density_benchmark.png for the "
+                        "default --json, else --json with .png")
     args = parser.parse_args()
     methods, datasets, scale = args.methods, args.datasets, args.steps_scale
     if args.quick:
         methods, datasets, scale = list(QUICK["methods"]), list(QUICK["datasets"]), QUICK["steps_scale"]
     results = os.path.join(REPO, "bench", "results")
+    settings = parse_settings(args.set)
+    default_json = os.path.join(results, "density_benchmark.json")
+    if settings and (args.json is None or os.path.abspath(args.json) == default_json):
+        raise SystemExit("--set trains non-default configs: give them a --json of their own (the default "
+                         f"{os.path.relpath(default_json, REPO)} holds the defaults' rows only)")
     if args.json is None:
-        args.json = os.path.join(results, "density_benchmark_quick.json" if args.quick else "density_benchmark.json")
-    if args.picture is None:
-        args.picture = (os.path.join(results, "density_benchmark_quick.png") if args.quick
-                        else os.path.join(REPO, "docs", "images", "density_benchmark.png"))
+        args.json = os.path.join(results, "density_benchmark_quick.json") if args.quick else default_json
+    if args.picture is None:   # the docs' picture shows the default results file only
+        args.picture = (os.path.join(REPO, "docs", "images", "density_benchmark.png")
+                        if os.path.abspath(args.json) == default_json else os.path.splitext(args.json)[0] + ".png")
     root = args.workdir or tempfile.mkdtemp(prefix="density_benchmark_")
     # one row per method x toy: a new run of either replaces the old one
     rows = {(r["method"], r["dataset"]): r for r in read_rows(args.json)}
 
     def same_run(r):
-        return r is not None and r.get("seeds") == args.seeds and r.get("steps_scale", 1.0) == scale
+        return (r is not None and r.get("seeds") == args.seeds and r.get("steps_scale", 1.0) == scale
+                and r.get("settings", {}) == settings)
 
     for d in datasets:
         for m in methods:
             if args.report or (same_run(rows.get((m, d))) and not args.rerun):
                 continue
-            r = run_one(m, d, args.seeds, scale, root)
-            s = {**summarise(r), "steps_scale": scale, **provenance()}
+            r = run_one(m, d, args.seeds, scale, root, settings)
+            s = {**summarise(r), "steps_scale": scale, **({"settings": settings} if settings else {}), **provenance()}
             rows[(m, d)] = s
             if args.json:   # saved after every run: an interrupted benchmark keeps what it finished
                 save_grid(args.json, m, d, r["workdir"])
