@@ -13,7 +13,9 @@ and train.num_seeds = S replicas in one program, then evaluated as --mode=eval d
 (ebm_jax/evaluation: the metric grid, docs/metrics.md). Printed and written to --json (default
 bench/results/density_benchmark.json): per method x toy the mean +- std over seeds of
 KL(data || model), held-out NLL, modes covered and high-quality fraction of generator and MCMC samples,
-the mode-frequency KL of the generator's samples against the true weights (mixtures only), and the
+the mode-frequency KL of the generator's samples against the true weights (mixtures only),
+KL(data || a KDE of the generator's and of the MCMC samples) beside the same for as many data draws (how
+good a density the sampler is, against what a perfect one scores with that many samples), and the
 wall seconds of the whole run (training of all seeds, compilation and evaluation). The picture
 (--picture, default docs/images/density_benchmark.png) shows seed 0's learned density exp(-E)/Z for
 every method (rows) and toy (columns), the data in the first row.
@@ -48,7 +50,8 @@ EXTRA_TOKENS = {"cd": ",cd1"}
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
 METRICS = ("kl_data_model", "test_nll", "generator/modes_covered", "generator/high_quality_fraction",
-           "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl")
+           "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl",
+           "generator/kl_data_kde", "mcmc/kl_data_kde", "data/kl_data_kde")
 
 
 def parse_settings(items):
@@ -339,14 +342,15 @@ def summary_table(summary):
     """One row per run: its metrics' mean +- std over seeds and the gap to the same toy's MLE ceiling."""
     mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
     columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
-               "HQ MCMC", "mode-freq KL gen", "wall s"]
+               "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
     table = []
     for s in summary:
         gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle else None
         values = [s["dataset"], s["method"], fmt(s, "kl_data_model"), "" if gap is None else f"{gap:+.3f}",
                   fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
-                  fmt(s, "generator/mode_frequency_kl"), f"{s['seconds']:.0f}"]
+                  fmt(s, "generator/mode_frequency_kl"), fmt(s, "generator/kl_data_kde", 2),
+                  fmt(s, "mcmc/kl_data_kde", 2), (f"{s['data/kl_data_kde']:.2f}" if "data/kl_data_kde" in s else ""), f"{s['seconds']:.0f}"]
         table.append(dict(zip(columns, values)))
     return columns, table
 

@@ -15,6 +15,9 @@ With it:
     discretised on the metric grid (cell masses), in nats; and KL(p_model || p_data)
     (`kl_model_data`) where the data density is known in closed form and positive everywhere (the
     Gaussian mixtures; it is infinite for a density with holes, such as the checkerboard);
+  * KL(p_data || KDE of the samples) (`generator/kl_data_kde`, `mcmc/kl_data_kde`): how good a density
+    the sampler is, beside how good one the energy is, and `data/kl_data_kde`, the same for as many
+    fresh data draws (what a perfect sampler would score with that many samples);
   * for Gaussian mixtures, each sample is assigned to its nearest centre; it is high quality if it is
     within 3 standard deviations of that centre, and a mode is covered if it receives at least
     `min_count` high-quality samples.
@@ -88,6 +91,33 @@ def histogram_log_density(sample_fn: Callable, extent: float, size: int, num_sam
         return np.log(counts / max(1, counts.sum()))
 
 
+KDE_BANDWIDTHS = (0.005, 0.01, 0.02, 0.04, 0.08)   # in units of the data's extent (2 on the toys)
+
+
+def kde_kl(log_p_data: np.ndarray, samples: np.ndarray, extent: float, scale: float,
+           bandwidths=KDE_BANDWIDTHS) -> float:
+    """KL(p_data || a Gaussian KDE of `samples`), min over the bandwidths scale x `bandwidths`, on the
+    grid of log_p_data ((n, n) over [-extent, extent]^2, rows = y; samples outside it or not finite are
+    dropped). The
+    KDE is binned: the samples' histogram on the grid
+    blurred by the kernel, which is exact up to moving each sample to its cell's centre. Taking the best
+    bandwidth against p_data itself is an oracle choice, applied alike to a sampler and to data draws;
+    a floor of 1e-9 of the mass, spread uniformly, keeps cells without samples finite."""
+    from scipy.ndimage import gaussian_filter
+    n = log_p_data.shape[0]
+    edges = np.linspace(-extent, extent, n + 1)
+    x = np.asarray(samples, np.float64)
+    counts, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=[edges, edges])
+    counts = counts / max(1.0, counts.sum())
+    cell = 2.0 * extent / n
+    best = np.inf
+    for h in bandwidths:
+        q = gaussian_filter(counts, sigma=h * scale / cell, mode="constant", truncate=4.0)
+        q = np.maximum(q, 0.0) / max(q.sum(), 1e-300) * (1.0 - 1e-9) + 1e-9 / q.size
+        best = min(best, kl_on_grid(log_p_data, np.log(q)))
+    return float(best)
+
+
 def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: Optional[float], min_count: int,
                  covariances: Optional[np.ndarray] = None, weights: Optional[np.ndarray] = None) -> Dict[str, float]:
     """Each sample goes to its nearest centre (in Mahalanobis distance when the components have
@@ -131,13 +161,18 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
                "density/mass_outside_square": float(np.sum(mass[~inside])),
                "density/mass_at_grid_edge": float(np.sum(mass[edge]))}
     toy = dataset.toy
-    if toy is not None and toy.log_density is not None:
-        log_p_data = toy.log_density(pts).reshape(n, n)
+    if toy is not None:
+        exact = toy.log_density is not None
+        log_p_data = toy.log_density(pts).reshape(n, n) if exact else histogram_log_density(toy.sample, r, n)
         metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
-        if np.all(np.isfinite(log_p_data)):
+        if exact and np.all(np.isfinite(log_p_data)):
             metrics["kl_model_data"] = kl_on_grid(log_p_big, log_p_data)
-    elif toy is not None:
-        metrics["kl_data_model"] = kl_on_grid(histogram_log_density(toy.sample, r, n), log_p_big)
+        kinds = [k for k in ("generator", "mcmc") if k in (samples or {})]
+        for kind in kinds:
+            metrics[f"{kind}/kl_data_kde"] = kde_kl(log_p_data, samples[kind], r, extent)
+        if kinds:   # the same KDE of as many fresh data draws: the floor the sampler's figure is read against
+            draws = toy.sample(np.random.default_rng([len(samples[kinds[0]]), 5353]), len(samples[kinds[0]]))
+            metrics["data/kl_data_kde"] = kde_kl(log_p_data, draws, r, extent)
     if toy is not None and toy.centers is not None:
         for kind, x in (samples or {}).items():
             for k, v in mode_metrics(np.asarray(x), toy.centers, toy.std, eval_config.mode_min_count,
