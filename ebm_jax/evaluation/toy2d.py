@@ -98,9 +98,8 @@ def kde_kl(log_p_data: np.ndarray, samples: np.ndarray, extent: float, scale: fl
            bandwidths=KDE_BANDWIDTHS) -> float:
     """KL(p_data || a Gaussian KDE of `samples`), min over the bandwidths scale x `bandwidths`, on the
     grid of log_p_data ((n, n) over [-extent, extent]^2, rows = y; samples outside it or not finite are
-    dropped). The
-    KDE is binned: the samples' histogram on the grid
-    blurred by the kernel, which is exact up to moving each sample to its cell's centre. Taking the best
+    dropped). The KDE is binned: the samples' histogram on the grid blurred by the kernel, which is
+    exact up to moving each sample to its cell's centre. Taking the best
     bandwidth against p_data itself is an oracle choice, applied alike to a sampler and to data draws;
     a floor of 1e-9 of the mass, spread uniformly, keeps cells without samples finite."""
     from scipy.ndimage import gaussian_filter
