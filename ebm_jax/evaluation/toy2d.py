@@ -107,7 +107,6 @@ def kde_kl(log_p_data: np.ndarray, samples: np.ndarray, extent: float, scale: fl
     edges = np.linspace(-extent, extent, n + 1)
     x = np.asarray(samples, np.float64)
     counts, _, _ = np.histogram2d(x[:, 1], x[:, 0], bins=[edges, edges])
-    counts = counts / max(1.0, counts.sum())
     cell = 2.0 * extent / n
     best = np.inf
     for h in bandwidths:
