@@ -23,7 +23,9 @@ every method (rows) and toy (columns), the data in the first row.
 The benchmark is long on a CPU, so it is built to be run in parts: each finished run is added to
 --json at once (with the machine, the commit and the date), seed 0's density grid is kept beside it
 (JSON_grids/METHOD_DATASET.npz) for the picture, and a run already in --json with the same seeds and
-steps is not repeated (--rerun repeats it). The printed table shows the runs in --json among --methods x
+steps is not repeated (--rerun repeats it). A run whose loss becomes non-finite is a row too ("diverged at
+step N (seeds ...)": the seeds train in one program, so one seed's NaN stops them all), and the benchmark
+goes on to the next run. The printed table shows the runs in --json among --methods x
 --datasets; the Markdown (--markdown) and the picture show every run --json holds with the same seeds and
 steps, however many invocations (or machines) produced them.
 
@@ -90,12 +92,30 @@ def run_one(method, dataset, seeds, steps_scale, root, settings=None):
         config.train.eval_every = 0
     workdir = os.path.join(root, f"{method}_{dataset}")
     t0 = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    try:
+        train.train_and_evaluate(config, workdir)
+    except train.NonFiniteLossError as e:
+        # a method that diverges on a toy is a result, not the end of the benchmark: the row says where
+        # (the seeds train in one program, so one replica's NaN stops all of them) and the rest go on
+        print(f"{method} on {dataset} diverged: {e}", file=sys.stderr, flush=True)
+        return dict(method=method, dataset=dataset, spec=spec, steps=steps, seconds=time.perf_counter() - t0,
+                    final={"num_seeds": seeds}, diverged={"step": e.step, "replicas": list(e.replicas)},
+                    workdir=workdir)
     seconds = time.perf_counter() - t0
     with open(os.path.join(workdir, "eval_final.json")) as f:
         final = json.load(f)
     return dict(method=method, dataset=dataset, spec=spec, steps=steps, seconds=seconds, final=final,
                 workdir=workdir)
+
+
+def diverged_text(s):
+    """'diverged at step N (seed i)' for a run that did, else ''."""
+    d = s.get("diverged")
+    if not d:
+        return ""
+    seeds = d.get("replicas") or []
+    return f"diverged at step {d['step']}" + (f" (seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+                                              if seeds else "")
 
 
 def density_image(workdir, extent=2.0, size=120):
@@ -158,6 +178,8 @@ def picture(rows, methods, datasets, path, json_path):
             if grid is not None:
                 ax.imshow(grid, origin="lower", extent=[-2, 2, -2, 2], cmap="viridis")
                 ax.set_title(f"{r['kl_data_model']:.2f}", fontsize=6, pad=1)
+            elif r is not None and r.get("diverged"):
+                ax.set_title("diverged", fontsize=6, pad=1)
             if j == 0:
                 ax.set_ylabel(m, fontsize=7)
     axes[0, 0].set_ylabel("data", fontsize=7)
@@ -166,7 +188,7 @@ def picture(rows, methods, datasets, path, json_path):
         ax.set_yticks([])
         ax.set_aspect("equal")
     fig.suptitle("seed 0's exp(-E)/Z\n(title: KL(data || model), nats)", fontsize=7)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))   # half an inch for the two-line title
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -181,6 +203,9 @@ def summarise(r):
         if k in f:
             out[k] = f[k]
             out[k + ":std"] = std.get(k, 0.0)
+    if "diverged" in r:
+        out["diverged"] = r["diverged"]
+        return out
     out["per_seed_kl"] = [m["kl_data_model"] for m in f.get("per_seed", [f])]
     return out
 
@@ -223,7 +248,8 @@ def markdown_tables(summary, table, columns, methods, datasets):
     datasets = [d for d in datasets if any((d, m) in by for m in methods)]
     lines = ["| KL(data \\|\\| model) | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
     for d in datasets:
-        cells = [fmt(by[(d, m)], "kl_data_model", 2) if (d, m) in by else "" for m in methods]
+        cells = [(fmt(by[(d, m)], "kl_data_model", 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
+                 for m in methods]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
     lines += ["", "| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
@@ -288,9 +314,14 @@ def main():
             s = {**summarise(r), "steps_scale": scale, **({"settings": settings} if settings else {}), **provenance()}
             rows[(m, d)] = s
             if args.json:   # saved after every run: an interrupted benchmark keeps what it finished
-                save_grid(args.json, m, d, r["workdir"])
+                if "diverged" in s:   # no trained model to draw; an older run's grid would be taken for it
+                    if os.path.exists(grid_path(args.json, m, d)):
+                        os.remove(grid_path(args.json, m, d))
+                else:
+                    save_grid(args.json, m, d, r["workdir"])
                 write_json(args.json, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
-            print(f"{m:>9} {d:>12}: KL {fmt(s, 'kl_data_model')}  ({s['seconds']} s)", flush=True)
+            print(f"{m:>9} {d:>12}: " + (diverged_text(s) or f"KL {fmt(s, 'kl_data_model')}") + f"  ({s['seconds']} s)",
+                  flush=True)
     # the printed table: the runs among --methods x --datasets; the Markdown and the picture: every run the
     # JSON holds, so that an invocation for a part of the benchmark does not drop the other rows from them
     summary = [rows[(m, d)] for d in datasets for m in methods if same_run(rows.get((m, d)))]
@@ -340,13 +371,13 @@ def print_temperatures(rows, json_path):
 
 def summary_table(summary):
     """One row per run: its metrics' mean +- std over seeds and the gap to the same toy's MLE ceiling."""
-    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle"}
+    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle" and "kl_data_model" in s}
     columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
                "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
     table = []
     for s in summary:
-        gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle else None
-        values = [s["dataset"], s["method"], fmt(s, "kl_data_model"), "" if gap is None else f"{gap:+.3f}",
+        gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle and "kl_data_model" in s else None
+        values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s), "" if gap is None else f"{gap:+.3f}",
                   fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
                   fmt(s, "generator/mode_frequency_kl"), fmt(s, "generator/kl_data_kde", 2),

@@ -31,7 +31,12 @@ def _say(msg: str) -> None:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN or infinite."""
+    """A training loss became NaN or infinite: at `step`, in `replicas` (the seeds of a multi-seed run
+    that did; (0,) for a single-seed run)."""
+
+    def __init__(self, message, step=None, replicas=()):
+        super().__init__(message)
+        self.step, self.replicas = step, tuple(replicas)
 
 
 class Trainer:
@@ -283,12 +288,13 @@ def _check_finite(state, manager, workdir):
         last = manager.latest_step()
         kept = (f"the last good checkpoint (step {last}) in {checkpointing.checkpoint_dir(workdir)} is kept"
                 if last is not None else "no checkpoint had been saved yet")
-        where = f"step {int(np.min(bad[bad >= 0]))}"
+        step, replicas = int(np.min(bad[bad >= 0])), [int(i) for i in np.flatnonzero(bad >= 0)]
+        where = f"step {step}"
         if bad.size > 1:
             where += f" (replica{'s' if np.sum(bad >= 0) > 1 else ''} {', '.join(map(str, np.flatnonzero(bad >= 0)))} " \
                      f"of train.num_seeds={bad.size})"
         raise NonFiniteLossError(f"the training loss or state became non-finite at {where}; {kept}; lower "
-                                 "optim.lr or check the data for extreme values.")
+                                 "optim.lr or check the data for extreme values.", step, replicas)
 
 
 def train_and_evaluate(config, workdir: str, dataset=None, stop_after: Optional[int] = None):

@@ -78,3 +78,24 @@ def test_set_trains_a_changed_config_into_its_own_results_file(tmp_path):
     # the same file asked for the defaults does not take the changed run for them
     r = bench("--json", str(tmp_path / "s.json"), "--report")
     assert r.returncode == 0 and "sevenaniso  mle" not in r.stdout
+
+
+def test_a_diverging_run_is_recorded_and_the_benchmark_goes_on(tmp_path):
+    """A run whose loss becomes non-finite (here Adam at lr 1e30) is a row that says where, in the JSON,
+    the tables and the picture, and the runs after it still train."""
+    r = subprocess.run([sys.executable, SCRIPT, "--methods", "mle", "cd", "--datasets", "sevenaniso", "--seeds", "2",
+                        "--set", "train.num_steps=20", "--set", "optim.lr=1e30", "--json", str(tmp_path / "d.json"),
+                        "--workdir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "mle on sevenaniso diverged: the training loss or state became non-finite" in r.stderr
+    rows = {row["method"]: row for row in json.load(open(tmp_path / "d.json"))["rows"]}
+    assert set(rows) == {"mle", "cd"}   # the second run trained after the first diverged
+    for row in rows.values():
+        assert row["diverged"]["replicas"] == [0, 1] and 0 <= row["diverged"]["step"] < 20
+        assert "kl_data_model" not in row and "per_seed_kl" not in row
+    step = rows["mle"]["diverged"]["step"]
+    assert f"mle   sevenaniso: diverged at step {step} (seeds 0, 1)" in r.stdout
+    md = open(tmp_path / "d.md").read().splitlines()
+    assert md[2].startswith(f"| sevenaniso | diverged at step {step} (seeds 0, 1) |")
+    assert os.path.exists(tmp_path / "d.png") and not os.path.exists(tmp_path / "d_grids" / "mle_sevenaniso.npz")
