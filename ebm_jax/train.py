@@ -291,8 +291,8 @@ def _check_finite(state, manager, workdir):
         step, replicas = int(np.min(bad[bad >= 0])), [int(i) for i in np.flatnonzero(bad >= 0)]
         where = f"step {step}"
         if bad.size > 1:
-            where += f" (replica{'s' if np.sum(bad >= 0) > 1 else ''} {', '.join(map(str, np.flatnonzero(bad >= 0)))} " \
-                     f"of train.num_seeds={bad.size})"
+            where += (f" (replica{'s' if len(replicas) > 1 else ''} {', '.join(map(str, replicas))} "
+                      f"of train.num_seeds={bad.size})")
         raise NonFiniteLossError(f"the training loss or state became non-finite at {where}; {kept}; lower "
                                  "optim.lr or check the data for extreme values.", step, replicas)
 

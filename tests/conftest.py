@@ -14,8 +14,9 @@ def pytest_configure(config):
     """One XLA compilation cache for the whole run, shared by the xdist workers and by the processes
     tests start (the CLI, the benchmark, the docs' blocks), which inherit the variable. Many tests build
     the same small programs again (a run and its resumed copy, one seed and three), and compiling is
-    most of what the suite does on a 2-core CPU: the seeds tests' fixture went from 106 s to 44 s.
-    A fresh directory per run, so that a run measures a cold start and never depends on an earlier
+    most of what the suite does on a 2-core CPU (the seeds tests' fixture took 106 s without it and 44 s
+    with it, in one pair of runs on a VM whose speed varies). JAX reads these variables when it is
+    imported, which no plugin does before this hook. A fresh directory per run, so that a run measures a cold start and never depends on an earlier
     run's files; a directory the user set is used as it is."""
     if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return   # a worker inherits the controller's variables
@@ -24,11 +25,6 @@ def pytest_configure(config):
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
     # JAX's default (1 s) would leave out most of these small programs, which compile in 0.1-1 s here.
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-    if "jax" in sys.modules:   # a plugin imported JAX before this hook: its options are already read
-        import jax
-        jax.config.update("jax_compilation_cache_dir", path)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs",
-                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 def pytest_unconfigure(config):

@@ -99,9 +99,9 @@ def kde_kl(log_p_data: np.ndarray, samples: np.ndarray, extent: float, scale: fl
     """KL(p_data || a Gaussian KDE of `samples`), min over the bandwidths scale x `bandwidths`, on the
     grid of log_p_data ((n, n) over [-extent, extent]^2, rows = y; samples outside it or not finite are
     dropped). The KDE is binned: the samples' histogram on the grid blurred by the kernel, which is
-    exact up to moving each sample to its cell's centre. Taking the best
-    bandwidth against p_data itself is an oracle choice, applied alike to a sampler and to data draws;
-    a floor of 1e-9 of the mass, spread uniformly, keeps cells without samples finite."""
+    exact up to moving each sample to its cell's centre. Taking the best bandwidth against p_data itself
+    is an oracle choice, applied alike to a sampler and to data draws; a floor of 1e-9 of the mass,
+    spread uniformly, keeps cells without samples finite."""
     from scipy.ndimage import gaussian_filter
     n = log_p_data.shape[0]
     edges = np.linspace(-extent, extent, n + 1)
