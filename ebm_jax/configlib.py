@@ -43,8 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
         # integrable and its mass near the data where nothing else constrains the network
         "energy": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu", "spectral_norm": False,
                    "quadratic": 0.0,
-                   # with spectral_norm: learn the output scale as exp(s) (models.mlp.EnergyMLP)
-                   "log_output_scale": False},
+                   # with spectral_norm: learn the output scale as exp(s), and start it (or exp(s)) at
+                   # output_scale_init, which bounds |grad E| at initialisation (models.mlp.EnergyMLP)
+                   "log_output_scale": False, "output_scale_init": 1.0},
         "generator": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "relu"},
         "statistics": {"kind": "mlp", "hidden": (128, 128, 128), "activation": "leaky_relu"},
     })

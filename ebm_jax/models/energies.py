@@ -325,6 +325,13 @@ def _flag(energy_config, name):
     return v
 
 
+def _output_scale_init(energy_config):
+    v = energy_config.get("output_scale_init", 1.0)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        raise ConfigError(f"model.energy.output_scale_init={v!r} is invalid; it must be a number > 0.")
+    return float(v)
+
+
 def _energy_network(energy_config, data_shape):
     from ebm_jax.models.mlp import EnergyMLP, build_mlp
     kind = _kind("energy", energy_config, ENERGY_KINDS)
@@ -332,7 +339,8 @@ def _energy_network(energy_config, data_shape):
         return build_mlp("energy", energy_config.hidden, energy_config.activation,
                          spectral_norm=energy_config.get("spectral_norm", False),
                          quadratic=float(energy_config.get("quadratic", 0.0)),
-                         log_output_scale=_flag(energy_config, "log_output_scale"))
+                         log_output_scale=_flag(energy_config, "log_output_scale"),
+                         output_scale_init=_output_scale_init(energy_config))
     if kind == "rbm":
         n = int(energy_config.num_hidden)
         if n < 1:

@@ -3,6 +3,7 @@
 MEG's reference toy networks (networks/toy.py of the official code) are 3 hidden layers of width
 `dim`: ReLU for the generator, LeakyReLU(0.2) for the energy and the statistics network T(x, z).
 """
+import math
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -179,20 +180,23 @@ class EnergyMLP(nn.Module):
     learned (init 0): Adam moves a parameter by about lr a step, so a linear scale grows by about
     lr x steps at most (1e-3 x 10k: |grad E| <~ 11 for the 1-Lipschitz network, where a 25-Gaussians
     mode of std 0.018 needs ~55 at one std), while exp(s) can grow e-fold every 1/lr steps. Off by
-    default: on the CD-1 and SteinGAN toys it let the contrastive updates diverge (docs/density_benchmark.md)."""
+    default: on the CD-1 and SteinGAN toys it let the contrastive updates diverge (docs/density_benchmark.md).
+    output_scale_init starts the scale (or exp(s)) elsewhere than 1 instead: the SteinGAN and CD-1 toy
+    configs start it at 30 and 10, measured in configs/steincd.py."""
     hidden: Sequence[int]
     activation: str = "leaky_relu"
     spectral_norm: bool = False
     quadratic: float = 0.0
     log_output_scale: bool = False
+    output_scale_init: float = 1.0
 
     @nn.compact
     def __call__(self, x):
         e = MLP(self.hidden, 1, self.activation, self.spectral_norm)(x)[:, 0]
         if self.spectral_norm and self.log_output_scale:
-            e = e * jnp.exp(self.param("log_output_scale", nn.initializers.zeros, ()))
+            e = e * jnp.exp(self.param("log_output_scale", nn.initializers.constant(math.log(self.output_scale_init)), ()))
         elif self.spectral_norm:
-            e = e * self.param("output_scale", nn.initializers.ones, ())
+            e = e * self.param("output_scale", nn.initializers.constant(self.output_scale_init), ())
         if self.quadratic:
             # + q ||x||^2 keeps exp(-E) integrable whatever the network does far from the data (the
             # RBM's -||x||^2/2 and Kim & Bengio's ||x||^2/sigma^2 term play the same role)
@@ -227,11 +231,12 @@ class StatisticsMLP(nn.Module):
 
 
 def build_mlp(kind: str, hidden, activation, out_shape=None, spectral_norm: bool = False, quadratic: float = 0.0,
-              log_output_scale: bool = False):
+              log_output_scale: bool = False, output_scale_init: float = 1.0):
     """Builds one of the MLP families by name ('energy', 'generator', 'statistics')."""
     hidden = tuple(int(h) for h in hidden)
     if kind == "energy":
-        return EnergyMLP(hidden, activation, bool(spectral_norm), float(quadratic), bool(log_output_scale))
+        return EnergyMLP(hidden, activation, bool(spectral_norm), float(quadratic), bool(log_output_scale),
+                         float(output_scale_init))
     if kind == "generator":
         return GeneratorMLP(hidden, tuple(out_shape), activation)
     if kind == "statistics":
