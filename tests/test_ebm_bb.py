@@ -314,9 +314,10 @@ def test_output_scale_init_sets_the_initial_sharpness_of_the_normalised_energy()
     p_log = build_energy(cfg, (2,)).init(jax.random.PRNGKey(0), x)["params"]
     np.testing.assert_allclose(float(p_log["log_output_scale"]), np.log(30.0), rtol=1e-6)
     from ebm_jax.methods.base import ConfigError
-    cfg.output_scale_init = 0.0
-    with pytest.raises(ConfigError, match=r"model.energy.output_scale_init=0.0 is invalid; it must be a number > 0"):
-        build_energy(cfg, (2,))
+    for bad in (0.0, float("inf")):
+        cfg.output_scale_init = bad
+        with pytest.raises(ConfigError, match=rf"model.energy.output_scale_init={bad!r} is invalid; it must be a finite number > 0"):
+            build_energy(cfg, (2,))
 
 
 def test_persistent_spectral_norm_is_one_power_iteration_a_call():

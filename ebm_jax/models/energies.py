@@ -327,8 +327,8 @@ def _flag(energy_config, name):
 
 def _output_scale_init(energy_config):
     v = energy_config.get("output_scale_init", 1.0)
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-        raise ConfigError(f"model.energy.output_scale_init={v!r} is invalid; it must be a number > 0.")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+        raise ConfigError(f"model.energy.output_scale_init={v!r} is invalid; it must be a finite number > 0.")
     return float(v)
 
 
