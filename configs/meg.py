@@ -32,6 +32,8 @@ def get_config(variant: str = ""):
     config.method.name = "meg"
     config.method.n_critic = 5          # n_phi of Algorithm 1
     config.method.penalty_weight = 0.003  # lambda of Algorithm 1 (0.1 in 'paper'; see the docstring)
+    # weight of Du & Mordatch's regulariser mean E(x+)^2 + mean E(x-)^2; not in the paper (0: Algorithm 1)
+    config.method.energy_reg = 0.0
     config.method.entropy_weight = 1.0    # weight of I_JSD in L_G (Eq. 8: 1; the reference code's: 0.5)
 
     config.model.latent_dim = 2

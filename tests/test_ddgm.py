@@ -52,7 +52,8 @@ def test_batch_norm_entropy_is_eq_15():
 
 def tiny(variant="fourspin", **over):
     c = ddgm_config.make_config(variant)
-    c.method.penalty_weight = 0.0   # the paper's objective (the toys' default adds a gradient penalty)
+    c.method.penalty_weight = 0.0   # the paper's objective (the toys' default adds a gradient penalty
+    c.method.energy_reg = 0.0       # and an energy-magnitude regulariser)
     c.model.energy.hidden = (16,)
     c.model.generator.hidden = (16, 16)
     c.data.batch_size = 8
@@ -110,6 +111,9 @@ def test_bad_prior_and_sigma():
         train.Trainer(tiny(**{"model.prior": "laplace"}))
     with pytest.raises(ConfigError, match="sigma"):
         get_method(tiny(**{"model.energy.sigma": 0.0}), (2,))
+    for bad in (-0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"config.method.energy_reg=.* is invalid; it must be a finite number >= 0"):
+            get_method(tiny(**{"method.energy_reg": bad}), (2,))
 
 
 @pytest.mark.parametrize("variant", ["fourspin", "twospirals"])

@@ -92,15 +92,16 @@ def svgd_phi(x, score):
 
 
 # ----------------------------------------------------------------------------------------------- MEG
-@pytest.mark.parametrize("entropy_weight", [1.0, 0.5])
-def test_meg_iteration_is_algorithm_1(entropy_weight):
-    """n_critic = 2 energy steps on Eq. 9 + lambda * zero-centred penalty, then G and T on
-    L_G = mean E(G(z)) - w I_JSD(G(z), z) (Eqs. 7-8; T maximises the same w I_JSD)."""
+@pytest.mark.parametrize("entropy_weight,energy_reg", [(1.0, 0.0), (0.5, 0.2)])
+def test_meg_iteration_is_algorithm_1(entropy_weight, energy_reg):
+    """n_critic = 2 energy steps on Eq. 9 + lambda * zero-centred penalty (+ alpha (E(x+)^2 + E(x-)^2),
+    Du & Mordatch's regulariser, when alpha > 0), then G and T on L_G = mean E(G(z)) - w I_JSD(G(z), z)
+    (Eqs. 7-8; T maximises the same w I_JSD)."""
     from configs import meg
     config = sgd(meg.get_config(), **{
         "model.energy.hidden": (8, 8), "model.generator.hidden": (8, 8), "model.statistics.hidden": (8, 8),
         "method.n_critic": 2, "method.penalty_weight": 0.3, "method.entropy_weight": entropy_weight,
-        "data.batch_size": 6})
+        "method.energy_reg": energy_reg, "data.batch_size": 6})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((2, 6, 2), 1, 0.5), jax.random.PRNGKey(3)
@@ -119,7 +120,8 @@ def test_meg_iteration_is_algorithm_1(entropy_weight):
             def critic_loss(ep):
                 grads = per_row_grad(lambda v: E(ep, v), x_real)
                 return (jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake))
-                        + 0.3 * jnp.mean(jnp.sum(grads ** 2, axis=1)))
+                        + 0.3 * jnp.mean(jnp.sum(grads ** 2, axis=1))
+                        + energy_reg * (jnp.mean(E(ep, x_real) ** 2) + jnp.mean(E(ep, x_fake) ** 2)))
             e = sgd_step(e, critic_loss)
 
         z = jax.random.normal(k_z, (6, 2))
@@ -142,14 +144,14 @@ def test_meg_iteration_is_algorithm_1(entropy_weight):
 
 # ---------------------------------------------------------------------------------------------- DDGM
 def test_ddgm_iteration_is_eqs_12_to_15():
-    """Energy on Eq. 12 (samples of the current G fixed) with the toys' zero-centred penalty on data;
-    generator on Eq. 13 with Eq. 15's entropy sum_a 0.5 log(2 pi e gamma_a^2) over its batch-norm scales;
+    """Energy on Eq. 12 (samples of the current G fixed) with the toys' zero-centred penalty on data and
+    Du & Mordatch's alpha (E(x+)^2 + E(x-)^2) (neither in the paper); generator on Eq. 13 with Eq. 15's entropy sum_a 0.5 log(2 pi e gamma_a^2) over its batch-norm scales;
     running averages updated."""
     from configs import ddgm as ddgm_config
     config = sgd(ddgm_config.make_config(), **{"model.energy.hidden": (8, 8), "model.energy.num_experts": 3,
                                         "model.generator.hidden": (8, 8), "model.latent_dim": 3,
                                         "method.entropy_weight": 0.7, "method.penalty_weight": 0.2,
-                                        "data.batch_size": 6})
+                                        "method.energy_reg": 0.25, "data.batch_size": 6})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((1, 6, 2), 2, 0.5), jax.random.PRNGKey(4)
@@ -164,9 +166,11 @@ def test_ddgm_iteration_is_eqs_12_to_15():
         k_e, k_g = jax.random.split(key)
         x = jnp.asarray(batch[0])
         x_neg = G(p["generator"], jax.random.uniform(k_e, (6, 3), minval=-1.0, maxval=1.0))[0]
-        # Eq. 12, plus the zero-centred penalty on data of the toy defaults (not in the paper)
+        # Eq. 12, plus the zero-centred penalty on data and the energy regulariser of the toy defaults
+        # (not in the paper)
         e = sgd_step(p["energy"], lambda ep: jnp.mean(E(ep, x)) - jnp.mean(E(ep, x_neg))
-                     + 0.2 * jnp.mean(jnp.sum(per_row_grad(lambda v: E(ep, v), x) ** 2, axis=1)))
+                     + 0.2 * jnp.mean(jnp.sum(per_row_grad(lambda v: E(ep, v), x) ** 2, axis=1))
+                     + 0.25 * (jnp.mean(E(ep, x) ** 2) + jnp.mean(E(ep, x_neg) ** 2)))
 
         z = jax.random.uniform(k_g, (6, 3), minval=-1.0, maxval=1.0)
 

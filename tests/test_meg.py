@@ -25,6 +25,18 @@ def test_energy_loss_linear_energy_by_hand():
     assert float(loss) == pytest.approx(1.0 - 3.0 + 0.1 * 5.0)
 
 
+def test_energy_regulariser_by_hand_and_bad_values():
+    # the linear energy above with alpha = 0.2: + alpha (mean(2.5^2, 0.5^2) + mean(1.5^2, 4.5^2))
+    w, c = np.array([2.0, -1.0]), 0.5
+    x_real, x_fake = np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1.0, 1.0], [2.0, 0.0]])
+    loss, aux = meg.energy_loss(lambda x: x @ w + c, x_real, x_fake, 0.1, 0.2)
+    assert float(aux["regulariser"]) == pytest.approx(3.25 + 11.25)
+    assert float(loss) == pytest.approx(1.0 - 3.0 + 0.1 * 5.0 + 0.2 * 14.5)
+    from ebm_jax.methods import ConfigError, get_method
+    with pytest.raises(ConfigError, match=r"config.method.energy_reg=-1.0 is invalid; it must be a finite number >= 0"):
+        get_method(tiny_config(**{"method.energy_reg": -1.0}), (2,))
+
+
 def test_energy_loss_penalty_is_on_real_data_only():
     # E(x) = 0.5 ||x||^2 has gradient x: the penalty is the mean squared norm of the REAL points.
     x_real = np.array([[3.0, 4.0]])   # ||x||^2 = 25

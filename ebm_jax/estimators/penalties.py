@@ -1,4 +1,4 @@
-"""Gradient penalties on the energy."""
+"""Penalties on the energy: gradient penalties and the energy-magnitude regulariser."""
 from typing import Callable
 
 import jax
@@ -25,3 +25,11 @@ def energy_and_gradient_penalty(energy_fn: Callable, x: jax.Array):
     e, vjp = jax.vjp(energy_fn, x)
     (g,) = vjp(jnp.ones_like(e))
     return e, jnp.mean(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1))
+
+
+def energy_magnitude_penalty(e_data: jax.Array, e_negative: jax.Array) -> jax.Array:
+    """mean E(x+)^2 + mean E(x-)^2 (Du & Mordatch 2019, Sec. 3.3): with weight alpha added to a
+    contrastive loss mean E(x+) - mean E(x-), it bounds the energies (the optimum of the two terms
+    over free values is E(x+) = -1/(2 alpha), E(x-) = 1/(2 alpha)) where the contrast alone keeps
+    deepening the data's wells whenever the negatives cannot match the data."""
+    return jnp.mean(e_data ** 2) + jnp.mean(e_negative ** 2)

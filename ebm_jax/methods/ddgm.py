@@ -56,6 +56,9 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         if "penalty_weight" in config.method:
             check_positive(config, "method.penalty_weight", allow_zero=True)
         self.penalty_weight = float(config.method.get("penalty_weight", 0.0))
+        if "energy_reg" in config.method:
+            check_positive(config, "method.energy_reg", allow_zero=True)
+        self.energy_reg = float(config.method.get("energy_reg", 0.0))
         mc = config.model
         self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
         if mc.generator.get("kind", "mlp") == "mlp":
@@ -96,7 +99,7 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
         x_neg = jax.lax.stop_gradient(self.gen.train_batch(params["generator"], state["batch_stats"],
                                                            parallel.shard_rows(self.prior(k_e, x.shape[0])), False)[0])
 
-        lam = self.penalty_weight
+        lam, alpha = self.penalty_weight, self.energy_reg
 
         def e_loss_fn(ep):
             energy_fn = lambda v: self.energy({"energy": ep}, v)  # noqa: E731
@@ -107,8 +110,12 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
             else:
                 e_pos, penalty = energy_fn(x), jnp.zeros(())
             e_neg = energy_fn(x_neg)
-            return energy_loss(e_pos, e_neg) + lam * penalty, {"energy_real": jnp.mean(e_pos),
-                                                              "energy_negative": jnp.mean(e_neg), "penalty": penalty}
+            loss = energy_loss(e_pos, e_neg) + lam * penalty
+            aux = {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg), "penalty": penalty}
+            if alpha:
+                reg = estimators.energy_magnitude_penalty(e_pos, e_neg)
+                loss, aux = loss + alpha * reg, {**aux, "regulariser": reg}
+            return loss, aux
 
         (e_loss, e_aux), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
         e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])

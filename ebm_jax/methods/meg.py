@@ -15,12 +15,18 @@ from ebm_jax.methods.base import Generator, GeneratorEnergyMethod, check_positiv
 from ebm_jax.models import build_energy, build_generator, build_statistics
 
 
-def energy_loss(energy_fn, x_real, x_fake, penalty_weight):
-    """L_E of Algorithm 1: mean E(x) - mean E(G(z)) + lambda * mean ||grad_x E(x)||^2 on real x."""
+def energy_loss(energy_fn, x_real, x_fake, penalty_weight, energy_reg=0.0):
+    """L_E of Algorithm 1: mean E(x) - mean E(G(z)) + lambda * mean ||grad_x E(x)||^2 on real x, plus
+    alpha (mean E(x)^2 + mean E(G(z))^2) when alpha = energy_reg > 0 (not in the paper; Du & Mordatch's
+    regulariser, estimators.energy_magnitude_penalty)."""
     e_real, penalty = estimators.energy_and_gradient_penalty(energy_fn, x_real)  # one forward on x_real
     e_fake = energy_fn(x_fake)
     loss = jnp.mean(e_real) - jnp.mean(e_fake) + penalty_weight * penalty
-    return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
+    aux = {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
+    if energy_reg:
+        reg = estimators.energy_magnitude_penalty(e_real, e_fake)
+        loss, aux = loss + energy_reg * reg, {**aux, "regulariser": reg}
+    return loss, aux
 
 
 def generator_loss(energy_fn, statistics_fn, x_fake, z, z_shuffled, entropy_weight=1.0):
@@ -54,6 +60,9 @@ class MEG(GeneratorEnergyMethod):
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
         self.tx = make_optimizer(config.optim, steps)  # generator and statistics network
         self.penalty_weight = float(config.method.penalty_weight)
+        if "energy_reg" in config.method:  # absent from configs saved before it existed: 0
+            check_positive(config, "method.energy_reg", allow_zero=True)
+        self.energy_reg = float(config.method.get("energy_reg", 0.0))
 
     def init(self, key, example_batch) -> Dict[str, Any]:
         k_e, k_g, k_t = jax.random.split(key, 3)
@@ -85,7 +94,8 @@ class MEG(GeneratorEnergyMethod):
             z_c = parallel.shard_rows(self.prior(k, batch_size))   # per-example work on each device's rows
             x_fake = self.gen.train_batch(params["generator"], g_stats, z_c, False)[0]
             grad_fn = jax.grad(lambda p: energy_loss(
-                lambda v: self.energy({"energy": p}, v), x_real, x_fake, self.penalty_weight), has_aux=True)
+                lambda v: self.energy({"energy": p}, v), x_real, x_fake, self.penalty_weight, self.energy_reg),
+                has_aux=True)
             grads, aux = grad_fn(e_params)
             updates, e_opt = self.tx_energy.update(grads, e_opt, e_params)
             return (optax.apply_updates(e_params, updates), e_opt), aux
@@ -127,7 +137,8 @@ class MEG(GeneratorEnergyMethod):
         }
         new_opt = {"energy": e_opt, "generator": g_opt, "statistics": t_opt}
         metrics = {
-            "energy_loss": last["energy_real"] - last["energy_fake"] + self.penalty_weight * last["penalty"],
+            "energy_loss": (last["energy_real"] - last["energy_fake"] + self.penalty_weight * last["penalty"]
+                            + self.energy_reg * last.get("regulariser", 0.0)),
             **last,
             "generator_loss": gen_metrics["energy_generated"] - self.entropy_weight * gen_metrics["mutual_information"],
             **gen_metrics,

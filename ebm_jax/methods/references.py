@@ -185,7 +185,7 @@ class PersistentContrastiveDivergence(EnergyOnlyMethod):
 
         def loss_fn(ep):
             e_pos, e_neg = self.energy({"energy": ep}, x), self.energy({"energy": ep}, x_neg)
-            reg = float(m.energy_reg) * (jnp.mean(e_pos ** 2) + jnp.mean(e_neg ** 2))
+            reg = float(m.energy_reg) * estimators.energy_magnitude_penalty(e_pos, e_neg)
             loss = jnp.mean(e_pos) - jnp.mean(e_neg) + reg
             return loss, {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg), "regulariser": reg}
 
