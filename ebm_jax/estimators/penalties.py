@@ -28,8 +28,9 @@ def energy_and_gradient_penalty(energy_fn: Callable, x: jax.Array):
 
 
 def energy_magnitude_penalty(e_data: jax.Array, e_negative: jax.Array) -> jax.Array:
-    """mean E(x+)^2 + mean E(x-)^2 (Du & Mordatch 2019, Sec. 3.3): with weight alpha added to a
-    contrastive loss mean E(x+) - mean E(x-), it bounds the energies (the optimum of the two terms
-    over free values is E(x+) = -1/(2 alpha), E(x-) = 1/(2 alpha)) where the contrast alone keeps
-    deepening the data's wells whenever the negatives cannot match the data."""
+    """mean E(x+)^2 + mean E(x-)^2 (Du & Mordatch 2019, "Implicit Generation and Generalization in
+    Energy-Based Models"): with weight alpha added to a contrastive loss mean E(x+) - mean E(x-), it
+    bounds the energies (the optimum of the two terms over free values is E(x+) = -1/(2 alpha),
+    E(x-) = 1/(2 alpha)) where the contrast alone keeps deepening the data's wells whenever the
+    negatives cannot match the data."""
     return jnp.mean(e_data ** 2) + jnp.mean(e_negative ** 2)
