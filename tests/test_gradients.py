@@ -145,8 +145,8 @@ def test_meg_iteration_is_algorithm_1(entropy_weight, energy_reg):
 # ---------------------------------------------------------------------------------------------- DDGM
 def test_ddgm_iteration_is_eqs_12_to_15():
     """Energy on Eq. 12 (samples of the current G fixed) with the toys' zero-centred penalty on data and
-    Du & Mordatch's alpha (E(x+)^2 + E(x-)^2) (neither in the paper); generator on Eq. 13 with Eq. 15's entropy sum_a 0.5 log(2 pi e gamma_a^2) over its batch-norm scales;
-    running averages updated."""
+    Du & Mordatch's alpha (E(x+)^2 + E(x-)^2) (neither in the paper); generator on Eq. 13 with Eq. 15's
+    entropy sum_a 0.5 log(2 pi e gamma_a^2) over its batch-norm scales; running averages updated."""
     from configs import ddgm as ddgm_config
     config = sgd(ddgm_config.make_config(), **{"model.energy.hidden": (8, 8), "model.energy.num_experts": 3,
                                         "model.generator.hidden": (8, 8), "model.latent_dim": 3,

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators, parallel
-from ebm_jax.errors import ConfigError, check_positive  # noqa: F401  (re-exported for the methods)
+from ebm_jax.errors import ConfigError, check_positive, optional_weight  # noqa: F401  (re-exported for the methods)
 from ebm_jax.models import is_normalized_generator
 from ebm_jax.models.precision import resolve_compute_dtype
 
@@ -29,6 +29,15 @@ def learning_rate(optim_config, total_updates: int):
     if schedule == "linear":
         return optax.linear_schedule(lr, 0.0, max(1, int(total_updates)))
     raise ConfigError(f"optim.schedule {schedule!r} is unknown; valid schedules are {list(SCHEDULES)}.")
+
+
+def add_energy_regulariser(loss, aux, alpha: float, e_data, e_negative):
+    """loss + alpha (mean E(x+)^2 + mean E(x-)^2) with the unweighted term as aux['regulariser']
+    (estimators.energy_magnitude_penalty); at alpha = 0 (a Python float) nothing is added or traced."""
+    if not alpha:
+        return loss, aux
+    reg = estimators.energy_magnitude_penalty(e_data, e_negative)
+    return loss + alpha * reg, {**aux, "regulariser": reg}
 
 
 def make_optimizer(optim_config, total_updates: int = 1) -> optax.GradientTransformation:

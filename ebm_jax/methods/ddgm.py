@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators, parallel
-from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import (ConfigError, Generator, GeneratorEnergyMethod, add_energy_regulariser, check_positive,
+                                  make_optimizer, optional_weight)
 from ebm_jax.models import (NORMALIZED_GENERATOR_KINDS, NormalizedGeneratorMLP, build_energy, build_generator,
                             is_normalized_generator)
 
@@ -53,12 +54,8 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
     def __init__(self, config, data_shape):
         super().__init__(config, data_shape)
         check_positive(config, "method.entropy_weight", allow_zero=True)
-        if "penalty_weight" in config.method:
-            check_positive(config, "method.penalty_weight", allow_zero=True)
-        self.penalty_weight = float(config.method.get("penalty_weight", 0.0))
-        if "energy_reg" in config.method:
-            check_positive(config, "method.energy_reg", allow_zero=True)
-        self.energy_reg = float(config.method.get("energy_reg", 0.0))
+        self.penalty_weight = optional_weight(config, "method.penalty_weight", 0.0)
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
         mc = config.model
         self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
         if mc.generator.get("kind", "mlp") == "mlp":
@@ -110,12 +107,10 @@ class DeepDirectedGenerativeModel(GeneratorEnergyMethod):
             else:
                 e_pos, penalty = energy_fn(x), jnp.zeros(())
             e_neg = energy_fn(x_neg)
-            loss = energy_loss(e_pos, e_neg) + lam * penalty
-            aux = {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg), "penalty": penalty}
-            if alpha:
-                reg = estimators.energy_magnitude_penalty(e_pos, e_neg)
-                loss, aux = loss + alpha * reg, {**aux, "regulariser": reg}
-            return loss, aux
+            return add_energy_regulariser(
+                energy_loss(e_pos, e_neg) + lam * penalty,
+                {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg), "penalty": penalty},
+                alpha, e_pos, e_neg)
 
         (e_loss, e_aux), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
         e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])

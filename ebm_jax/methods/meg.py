@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import optax
 
 from ebm_jax import estimators, kernels, parallel
-from ebm_jax.methods.base import Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import (Generator, GeneratorEnergyMethod, add_energy_regulariser, check_positive, make_optimizer,
+                                  optional_weight)
 from ebm_jax.models import build_energy, build_generator, build_statistics
 
 
@@ -23,10 +24,7 @@ def energy_loss(energy_fn, x_real, x_fake, penalty_weight, energy_reg=0.0):
     e_fake = energy_fn(x_fake)
     loss = jnp.mean(e_real) - jnp.mean(e_fake) + penalty_weight * penalty
     aux = {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
-    if energy_reg:
-        reg = estimators.energy_magnitude_penalty(e_real, e_fake)
-        loss, aux = loss + energy_reg * reg, {**aux, "regulariser": reg}
-    return loss, aux
+    return add_energy_regulariser(loss, aux, energy_reg, e_real, e_fake)
 
 
 def generator_loss(energy_fn, statistics_fn, x_fake, z, z_shuffled, entropy_weight=1.0):
@@ -48,9 +46,7 @@ class MEG(GeneratorEnergyMethod):
         super().__init__(config, data_shape)
         check_positive(config, "method.n_critic", integer=True)
         check_positive(config, "method.penalty_weight", allow_zero=True)
-        if "entropy_weight" in config.method:  # absent from configs saved before it existed: 1 (Eq. 8)
-            check_positive(config, "method.entropy_weight", allow_zero=True)
-        self.entropy_weight = float(config.method.get("entropy_weight", 1.0))
+        self.entropy_weight = optional_weight(config, "method.entropy_weight", 1.0)   # Eq. 8's weight
         m = config.model
         self.energy_net = build_energy(m.energy, self.data_shape, self.compute_dtype)
         self.gen = Generator(build_generator(m.generator, self.data_shape, self.compute_dtype))
@@ -60,9 +56,7 @@ class MEG(GeneratorEnergyMethod):
         self.tx_energy = make_optimizer(config.optim, steps * self.batches_per_step)
         self.tx = make_optimizer(config.optim, steps)  # generator and statistics network
         self.penalty_weight = float(config.method.penalty_weight)
-        if "energy_reg" in config.method:  # absent from configs saved before it existed: 0
-            check_positive(config, "method.energy_reg", allow_zero=True)
-        self.energy_reg = float(config.method.get("energy_reg", 0.0))
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
 
     def init(self, key, example_batch) -> Dict[str, Any]:
         k_e, k_g, k_t = jax.random.split(key, 3)
