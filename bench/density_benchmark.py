@@ -49,6 +49,13 @@ METHODS = {"mle": "configs/mle.py", "pcd": "configs/pcd.py", "meg": "configs/meg
            "cd": "configs/steincd.py", "steingan": "configs/steingan.py", "ddgm": "configs/ddgm.py",
            "triangle": "configs/triangle.py"}
 EXTRA_TOKENS = {"cd": ",cd1"}
+# --ceilings: each method's own toy energy network trained by exact maximum likelihood
+# (configs/mle.py:TOY,net=NET), run under the name 'mle@NET': the ceiling of that network, which
+# separates what an objective loses from what its network cannot represent. EBM-0GP and WGAN-0GP
+# share EBM-BB's network; PCD's is mle's own, and the triangle's energy f(x, z) is not a network of x.
+NETWORK_OF = {"meg": "meg", "ebm_bb": "ebm_bb", "ebm_0gp": "ebm_bb", "wgan_0gp": "ebm_bb", "steincd": "steincd",
+              "cd": "cd", "steingan": "steingan", "ddgm": "ddgm"}
+CEILINGS = tuple(f"mle@{n}" for n in dict.fromkeys(NETWORK_OF.values()))
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
 METRICS = ("kl_data_model", "test_nll", "generator/modes_covered", "generator/high_quality_fraction",
@@ -71,9 +78,24 @@ def parse_settings(items):
     return out
 
 
+def spec_of(method, dataset):
+    """configs/FILE.py:VARIANT of a benchmark run ('mle@NET': maximum likelihood of NET's network)."""
+    if method.startswith("mle@"):
+        return f"{METHODS['mle']}:{dataset},net={method[len('mle@'):]}"
+    return f"{METHODS[method]}:{dataset}{EXTRA_TOKENS.get(method, '')}"
+
+
+def settings_for(method, settings):
+    """The --set settings a run takes: a ceiling run ('mle@NET') all but the method's own fields (method.*),
+    so that a changed network or budget is measured against its own ceiling."""
+    if method.startswith("mle@"):
+        return {k: v for k, v in settings.items() if not k.startswith("method.")}
+    return settings
+
+
 def run_one(method, dataset, seeds, steps_scale, root, settings=None):
     from ebm_jax import train
-    spec = f"{METHODS[method]}:{dataset}{EXTRA_TOKENS.get(method, '')}"
+    spec = spec_of(method, dataset)
     config = load(spec, {"train.num_seeds": seeds, "train.progress_bar": False, "eval.mcmc": True})
     for key, value in (settings or {}).items():
         try:
@@ -197,7 +219,7 @@ def picture(rows, methods, datasets, path, json_path):
 def summarise(r):
     f = r["final"]
     std = f.get("std", {})
-    out = dict(method=r["method"], dataset=r["dataset"], seeds=f.get("num_seeds", 1), steps=r["steps"],
+    out = dict(method=r["method"], dataset=r["dataset"], spec=r["spec"], seeds=f.get("num_seeds", 1), steps=r["steps"],
                seconds=round(r["seconds"], 1))
     for k in METRICS:
         if k in f:
@@ -240,17 +262,25 @@ def fmt(s, k, digits=3):
     return f"{s[k]:.{digits}f} +- {s[k + ':std']:.{digits}f}"
 
 
-def markdown_tables(summary, table, columns, methods, datasets):
-    """KL mean +- std as a toy x method matrix (what the README shows), then every column per run, then
-    where each figure came from."""
-    by = {(s["dataset"], s["method"]): s for s in summary}
+def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)"):
+    """Markdown lines: a toy x method matrix of KL mean +- std (the runs `by` holds; empty where none)."""
     methods = [m for m in methods if any((d, m) in by for d in datasets)]
     datasets = [d for d in datasets if any((d, m) in by for m in methods)]
-    lines = ["| KL(data \\|\\| model) | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    lines = [f"| {title} | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
     for d in datasets:
         cells = [(fmt(by[(d, m)], "kl_data_model", 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
                  for m in methods]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
+    """KL mean +- std as a toy x method matrix (what the README shows), the same for the ceilings of the
+    methods' own networks where they ran, then every column per run, then where each figure came from."""
+    by = {(s["dataset"], s["method"]): s for s in summary}
+    lines = kl_matrix(by, methods, datasets)
+    if any(m in ceilings for _, m in by):
+        lines += [""] + kl_matrix(by, ceilings, datasets, "exact ML of the network of")
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
     lines += ["", "| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]
@@ -270,6 +300,8 @@ def main():
     parser.add_argument("--seeds", type=int, default=3, help="replicas per run (train.num_seeds)")
     parser.add_argument("--steps_scale", type=float, default=1.0, help="multiply every config's num_steps")
     parser.add_argument("--quick", action="store_true", help=f"the subset {QUICK}")
+    parser.add_argument("--ceilings", action="store_true", help="also train each requested method's own energy "
+                        "network by exact maximum likelihood (runs named mle@NET, configs/mle.py:TOY,net=NET)")
     parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
     parser.add_argument("--rerun", action="store_true", help="repeat runs that --json already holds")
     parser.add_argument("--report", action="store_true", help="train nothing: the table, Markdown and picture "
@@ -304,14 +336,17 @@ def main():
 
     def same_run(r):
         return (r is not None and r.get("seeds") == args.seeds and r.get("steps_scale", 1.0) == scale
-                and r.get("settings", {}) == settings)
+                and r.get("settings", {}) == settings_for(r["method"], settings))
 
+    if args.ceilings:
+        methods = methods + [c for c in dict.fromkeys(f"mle@{NETWORK_OF[m]}" for m in methods if m in NETWORK_OF)]
     for d in datasets:
         for m in methods:
             if args.report or (same_run(rows.get((m, d))) and not args.rerun):
                 continue
-            r = run_one(m, d, args.seeds, scale, root, settings)
-            s = {**summarise(r), "steps_scale": scale, **({"settings": settings} if settings else {}), **provenance()}
+            own = settings_for(m, settings)
+            r = run_one(m, d, args.seeds, scale, root, own)
+            s = {**summarise(r), "steps_scale": scale, **({"settings": own} if own else {}), **provenance()}
             rows[(m, d)] = s
             if args.json:   # saved after every run: an interrupted benchmark keeps what it finished
                 if "diverged" in s:   # no trained model to draw; an older run's grid would be taken for it
@@ -328,12 +363,12 @@ def main():
     print(backend_line())
     columns, table = summary_table(summary)
     print_table(table, columns)
-    written = [rows[(m, d)] for d in DATASETS for m in METHODS if same_run(rows.get((m, d)))]
+    written = [rows[(m, d)] for d in DATASETS for m in list(METHODS) + list(CEILINGS) if same_run(rows.get((m, d)))]
     markdown = args.markdown or (os.path.splitext(args.json)[0] + ".md" if args.json else "")
     if markdown and written:
         with open(markdown, "w") as f:
             columns, table = summary_table(written)
-            f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS)))
+            f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS), list(CEILINGS)))
         print(f"wrote {markdown}")
     if args.temperatures and args.json:
         print_temperatures(written, args.json)
@@ -371,13 +406,18 @@ def print_temperatures(rows, json_path):
 
 def summary_table(summary):
     """One row per run: its metrics' mean +- std over seeds and the gap to the same toy's MLE ceiling."""
-    mle = {s["dataset"]: s["kl_data_model"] for s in summary if s["method"] == "mle" and "kl_data_model" in s}
-    columns = ["toy", "method", "KL(data||model)", "- MLE", "held-out NLL", "modes gen", "HQ gen", "modes MCMC",
-               "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
+    kl = {(s["dataset"], s["method"]): s["kl_data_model"] for s in summary if "kl_data_model" in s}
+    columns = ["toy", "method", "KL(data||model)", "- MLE", "- own net", "held-out NLL", "modes gen", "HQ gen",
+               "modes MCMC", "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
     table = []
+
+    def gap(s, reference):
+        base = kl.get((s["dataset"], reference))
+        return "" if base is None or "kl_data_model" not in s or reference == s["method"] else f"{s['kl_data_model'] - base:+.3f}"
+
     for s in summary:
-        gap = s["kl_data_model"] - mle[s["dataset"]] if s["dataset"] in mle and "kl_data_model" in s else None
-        values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s), "" if gap is None else f"{gap:+.3f}",
+        values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s), gap(s, "mle"),
+                  gap(s, f"mle@{NETWORK_OF[s['method']]}") if s["method"] in NETWORK_OF else "",
                   fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
                   fmt(s, "generator/mode_frequency_kl"), fmt(s, "generator/kl_data_kde", 2),

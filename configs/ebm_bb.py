@@ -62,7 +62,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     # Table 6 (toys): energy 2-100-100-1 with PReLU; generator 2-100-100-2 with Linear, PReLU, BN.
     c.model.latent_dim = 2
     # spectral_norm: the reference toy energy wraps every Linear in spectral_norm and ends in a learnable scale
-    c.model.energy = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "spectral_norm": True})
+    c.model.energy.update({"hidden": (100, 100), "activation": "prelu", "spectral_norm": True})
     c.model.generator = ml_collections.ConfigDict({"hidden": (100, 100), "activation": "prelu", "batch_norm": True})
     del c.model["statistics"]
 

@@ -1,6 +1,10 @@
 """Exact maximum likelihood of 2-D data: the ceiling of the density benchmark (bench/density_benchmark.py).
 
-Usage: --config=configs/mle.py[:DATASET], DATASET any toy of ebm_jax/data/toys.py (25gaussians default).
+Usage: --config=configs/mle.py[:DATASET[,net=METHOD]], DATASET any toy of ebm_jax/data/toys.py
+(25gaussians default); net=METHOD trains that method's own toy energy network (configs/METHOD.py:DATASET's
+model.energy, e.g. net=steingan: its spectrally normalised MLP) by exact maximum likelihood instead of
+the default 3x128 swish MLP: the ceiling of that network, which separates what a method's objective
+loses from what its network cannot represent. METHOD is one of NETWORKS below.
 
 The energy MLP is trained on loss = mean E(x) + log Z, the negative log-likelihood itself: no method with
 this energy network can get a lower KL(data || model) than its optimum. log Z is estimated without bias
@@ -9,8 +13,16 @@ by importance sampling from a proposal around the data (method.normaliser='impor
 evaluation normalises on (normaliser='grid': its metric grid [-4, 4]^2 at 600 points a side, 360,000
 cells a step, which an accelerator evaluates in milliseconds and a 2-core CPU in about a second).
 """
+import ml_collections
+
 from ebm_jax import configlib as common
 from ebm_jax.data.toys import TOYS
+
+# methods whose toy energy is a network of x alone, and the variant of their config file that builds it
+# (the triangle's energy f(x, z) needs its inference network, so it has no entry)
+NETWORKS = {"meg": "meg.py", "ebm_bb": "ebm_bb.py", "ebm_0gp": "ebm_0gp.py", "wgan_0gp": "wgan_0gp.py",
+            "steincd": "steincd.py", "cd": "steincd.py:cd1", "steingan": "steingan.py", "ddgm": "ddgm.py",
+            "pcd": "pcd.py"}
 
 
 def get_config(variant: str = ""):
@@ -42,6 +54,15 @@ def get_config(variant: str = ""):
     config.sampling.space = "data"
     config.sampling.mcmc_steps = 500
     config.sampling.step_size = 1e-4
-    tokens = common.parse_variant(variant, datasets=tuple(TOYS))
+    nets = [t.strip()[len("net="):] for t in (variant or "").split(",") if t.strip().startswith("net=")]
+    rest = ",".join(t for t in (variant or "").split(",") if not t.strip().startswith("net="))
+    tokens = common.parse_variant(rest, datasets=tuple(TOYS))
     config.data.name = tokens.get("dataset", "25gaussians")
+    if len(nets) > 1 or (nets and nets[0] not in NETWORKS):
+        raise ValueError(f"config variant {variant!r}: net= takes one of {sorted(NETWORKS)} (the methods whose toy "
+                         "energy is a network of x alone).")
+    if nets:
+        file, _, extra = NETWORKS[nets[0]].partition(":")
+        source = common.load_sibling(__file__, file).get_config(",".join(filter(None, (config.data.name, extra))))
+        config.model.energy = ml_collections.ConfigDict(source.model.energy.to_dict())
     return config

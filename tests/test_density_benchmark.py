@@ -103,3 +103,36 @@ def test_a_diverging_run_is_recorded_and_the_benchmark_goes_on(tmp_path):
     md = open(tmp_path / "d.md").read().splitlines()
     assert md[2].startswith(f"| sevenaniso | diverged at step {step} (seeds 0, 1) |")
     assert os.path.exists(tmp_path / "d.png") and not stale.exists()
+
+
+def test_ceilings_train_each_methods_own_network_by_exact_likelihood(tmp_path):
+    """--ceilings adds, per method, maximum likelihood of that method's own energy network (mle@NET,
+    configs/mle.py:TOY,net=NET), which takes the --set settings but the method's own; the table gives
+    each method's gap to it and the Markdown a matrix of the ceilings."""
+    r = subprocess.run([sys.executable, SCRIPT, "--methods", "steincd", "--datasets", "sevenaniso", "--seeds", "1",
+                        "--ceilings", "--set", "train.num_steps=20", "--set", "model.energy.quadratic=0.25",
+                        "--set", "eval.grid_size=60", "--set", "eval.num_samples=200",
+                        "--set", "method.step_size=0.05", "--json", str(tmp_path / "c.json"),
+                        "--workdir", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {row["method"]: row for row in json.load(open(tmp_path / "c.json"))["rows"]}
+    assert set(rows) == {"steincd", "mle@steincd"}
+    ceiling = rows["mle@steincd"]
+    assert ceiling["spec"] == "configs/mle.py:sevenaniso,net=steincd"
+    # all but the method's own fields (mle has no method.step_size)
+    assert ceiling["settings"] == {"train.num_steps": 20, "model.energy.quadratic": 0.25, "eval.grid_size": 60,
+                                   "eval.num_samples": 200}
+    assert ceiling["steps"] == 20
+    assert rows["steincd"]["settings"]["method.step_size"] == 0.05
+    from ebm_jax import api
+    _, _, config, _ = api.restore(str(tmp_path / "runs" / "mle@steincd_sevenaniso"))
+    energy = config.model.energy
+    assert config.method.name == "mle" and energy.spectral_norm and energy.activation == "leaky_relu"
+    assert energy.quadratic == 0.25
+    gap = rows["steincd"]["kl_data_model"] - ceiling["kl_data_model"]
+    line = next(x for x in r.stdout.splitlines() if x.startswith("sevenaniso") and x.split()[1] == "steincd")
+    assert f"{gap:+.3f}" in line.split()
+    md = open(tmp_path / "c.md").read().splitlines()
+    assert "| exact ML of the network of | mle@steincd |" in md
+

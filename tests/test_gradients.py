@@ -362,13 +362,15 @@ def test_cd_k_iteration_is_langevin_contrastive_divergence():
         assert_changed(p["energy"], new["params"]["energy"])
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
-def test_steingan_iteration_is_algorithm_2(alpha):
+@pytest.mark.parametrize("alpha,energy_reg", [(0.0, 0.0), (0.5, 0.0), (1.0, 0.0), (0.0, 0.3)])
+def test_steingan_iteration_is_algorithm_2(alpha, energy_reg):
     """Generator (Eq. 21, its step eps = lr / m): eta <- eta + (1/m) sum_i dG(xi_i)/deta phi*(G(xi_i)); energy: mean E(x+) -
     (1 - gamma) mean E(x-) with x- = G(xi), or with probability alpha (SteinCD-GAN(alpha)) the SVGD-moved
-    data; gamma_fast while mean E(x+) > mean E(x-) (Sec. 5.2's speed-up)."""
+    data; gamma_fast while mean E(x+) > mean E(x-) (Sec. 5.2's speed-up); plus energy_reg (mean E(x+)^2 +
+    mean E(x-)^2), Du & Mordatch's regulariser (not in the paper)."""
     config = stein_config("steingan", **{"model.generator.hidden": (8, 8), "method.alpha": alpha,
-                                         "method.gamma": 0.2, "method.gamma_fast": 0.6, "method.step_size": 0.3})
+                                         "method.gamma": 0.2, "method.gamma_fast": 0.6, "method.step_size": 0.3,
+                                         "method.energy_reg": energy_reg})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((1, 6, 2), 6, 0.7), jax.random.PRNGKey(8)
@@ -389,7 +391,8 @@ def test_steingan_iteration_is_algorithm_2(alpha):
             x_neg = x_gen
         behind = float(jnp.mean(E(p["energy"], x))) > float(jnp.mean(E(p["energy"], x_neg)))
         gamma = 0.6 if behind else 0.2
-        e = sgd_step(p["energy"], lambda ep: jnp.mean(E(ep, x)) - (1.0 - gamma) * jnp.mean(E(ep, x_neg)))
+        e = sgd_step(p["energy"], lambda ep: jnp.mean(E(ep, x)) - (1.0 - gamma) * jnp.mean(E(ep, x_neg))
+                     + energy_reg * (jnp.mean(E(ep, x) ** 2) + jnp.mean(E(ep, x_neg) ** 2)))
         assert float(metrics["cd_negatives"]) == float(use_cd)
         assert_trees_close(new["params"]["energy"], e, what="energy")
         assert_trees_close(new["params"]["generator"], g, what="generator")

@@ -55,3 +55,23 @@ def test_mle_refuses_data_it_cannot_normalise():
         get_method(small("mle.py", **{"data.path": "mine.npy"}), (2,))
     with pytest.raises(ConfigError, match="valid normalisers"):
         get_method(small("mle.py", **{"method.normaliser": "sum"}), (2,))
+
+
+def test_mle_net_variant_trains_another_methods_energy_network():
+    """configs/mle.py:TOY,net=METHOD: maximum likelihood of that method's own toy energy network (its
+    config's model.energy, the same parameters), and a name without such a network is refused."""
+    from ebm_jax.methods import get_method
+    for net, spec in (("steingan", "steingan.py:sevenaniso"), ("ddgm", "ddgm.py:sevenaniso"),
+                      ("cd", "steincd.py:sevenaniso,cd1")):
+        config = configlib.load_config(os.path.join(REPO, "configs", f"mle.py:sevenaniso,net={net}"))
+        source = configlib.load_config(os.path.join(REPO, "configs", spec))
+        assert config.method.name == "mle" and config.data.name == "sevenaniso"
+        assert config.model.energy.to_dict() == source.model.energy.to_dict()
+        key, x = jax.random.PRNGKey(0), np.zeros((2, 2), np.float32)
+        mle_params = get_method(config, (2,)).init(key, x)["params"]["energy"]
+        own = get_method(source, (2,))
+        own_params = own.energy_net.init(key, x)["params"]
+        assert jax.tree_util.tree_structure(mle_params) == jax.tree_util.tree_structure(own_params)
+    with pytest.raises(ValueError, match="net= takes one of"):
+        configlib.load_config(os.path.join(REPO, "configs", "mle.py:sevenaniso,net=triangle"))
+

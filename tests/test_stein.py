@@ -287,7 +287,9 @@ def test_steincd_gan_with_alpha_one_uses_svgd_moved_data():
 
 @pytest.mark.parametrize("field,value,match", [
     ("method.alpha", 1.5, "probability"), ("method.kernel", "laplace", "valid kernels"),
-    ("method.gamma", 1.0, "below 1"), ("method.step_size", 0.0, "step_size")])
+    ("method.gamma", 1.0, "below 1"), ("method.step_size", 0.0, "step_size"),
+    ("method.energy_reg", -0.1, r"method.energy_reg=-0.1 is invalid; it must be a finite number >= 0"),
+    ("method.energy_reg", float("nan"), r"method.energy_reg=nan is invalid")])
 def test_bad_stein_config_fields(field, value, match):
     c = small_config("steingan", **{field: value})
     with pytest.raises(ConfigError, match=match):

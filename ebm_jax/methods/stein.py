@@ -25,8 +25,8 @@ import optax
 
 from ebm_jax import estimators, parallel
 from ebm_jax.estimators.stein import KERNELS
-from ebm_jax.methods.base import (ConfigError, EnergyOnlyMethod, Generator, GeneratorEnergyMethod, check_positive,
-                                  make_optimizer)
+from ebm_jax.methods.base import (ConfigError, EnergyOnlyMethod, Generator, GeneratorEnergyMethod, add_energy_regulariser,
+                                  check_positive, make_optimizer, optional_weight)
 from ebm_jax.models import build_energy, build_generator, rbm_log_partition
 
 SAMPLERS = ("svgd", "langevin")
@@ -170,6 +170,8 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
         check_positive(config, "method.gamma_fast", allow_zero=True)
         if m.gamma >= 1 or m.gamma_fast >= 1:
             raise ConfigError(f"method.gamma={m.gamma} / gamma_fast={m.gamma_fast} must be below 1 (Sec. 5.2 uses 0.7 / 0.9).")
+        # alpha of Du & Mordatch's regulariser alpha (mean E(x+)^2 + mean E(x-)^2), not in the paper (0)
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
         self._build_energy(config)
         self.gen = Generator(build_generator(config.model.generator, self.data_shape, self.compute_dtype))
         steps = int(config.train.num_steps)
@@ -219,8 +221,8 @@ class SteinGAN(_EnergyModelMixin, GeneratorEnergyMethod):
             # Sec. 5.2's speed-up: a larger discount while the real batch has the higher energy
             behind = jax.lax.stop_gradient(jnp.mean(e_pos) > jnp.mean(e_neg))
             gamma = jnp.where(behind & (m.gamma_fast > 0), m.gamma_fast, m.gamma)
-            return contrastive_loss(e_pos, e_neg, gamma), {"energy_real": jnp.mean(e_pos),
-                                                          "energy_negative": jnp.mean(e_neg), "gamma": gamma}
+            aux = {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg), "gamma": gamma}
+            return add_energy_regulariser(contrastive_loss(e_pos, e_neg, gamma), aux, self.energy_reg, e_pos, e_neg)
 
         (e_loss, aux), e_grads = jax.value_and_grad(loss_fn, has_aux=True)(params["energy"])
         e_updates, e_opt = self.tx_energy.update(e_grads, opt["energy"], params["energy"])
