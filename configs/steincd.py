@@ -33,6 +33,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     c.method.bandwidth_scale = 1.0    # med multiplied by this in the heuristic (Sec. 5.2 uses 0.5; see below)
     c.method.kernel_features = False  # kernel on the autoencoder energy's code (Sec. 5.2)
     c.method.step_size = 0.1          # eps of the SVGD step (Algorithm 1) / the Langevin step (CD-k)
+    c.method.energy_reg = 0.0         # alpha of Du & Mordatch's alpha (mean E(x+)^2 + mean E(x-)^2); not in the paper
     if method_name in ("steincd", "cd"):
         c.method.sampler = "svgd" if method_name == "steincd" else "langevin"
         c.method.k = 1                # SVGD or Langevin steps from the data
@@ -45,7 +46,6 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         c.method.alpha = 0.0          # probability of SteinCD negatives (SteinCD-GAN(alpha)); 0 = SteinGAN
         c.method.gamma = 0.0          # discount of the negative phase (Sec. 5.2 uses 0.7 with its autoencoder)
         c.method.gamma_fast = 0.0     # > 0: gamma while mean E(real) > mean E(generated) (Sec. 5.2: 0.9)
-        c.method.energy_reg = 0.0     # alpha of Du & Mordatch's alpha (mean E(x+)^2 + mean E(x-)^2); not in the paper
         c.optim.generator_lr = 0.0    # 0 = optim.lr (Sec. 5.2 uses 1e-3 for G and 5e-4 for the energy)
         c.model.generator.kind = "mlp"
         c.eval.mcmc = False

@@ -343,10 +343,11 @@ def test_steincd_iteration_is_eqs_13_15_17(rule):
         assert_changed(p["energy"], new["params"]["energy"])
 
 
-def test_cd_k_iteration_is_langevin_contrastive_divergence():
+@pytest.mark.parametrize("energy_reg", [0.0, 0.3])
+def test_cd_k_iteration_is_langevin_contrastive_divergence(energy_reg):
     """CD-k: x- after k Langevin steps x + a grad log p(x) + sqrt(2a) eps from the data (Eq. 11's
-    sampler), then mean E(x) - mean E(x-)."""
-    config = stein_config("cd", **{"method.k": 3, "method.step_size": 0.05})
+    sampler), then mean E(x) - mean E(x-) (+ energy_reg (mean E(x)^2 + mean E(x-)^2), not in the paper)."""
+    config = stein_config("cd", **{"method.k": 3, "method.step_size": 0.05, "method.energy_reg": energy_reg})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((1, 6, 2), 5, 0.7), jax.random.PRNGKey(7)
@@ -357,7 +358,9 @@ def test_cd_k_iteration_is_langevin_contrastive_divergence():
         for k in jax.random.split(key, 3):
             x_neg = (x_neg - 0.05 * per_row_grad(lambda v: E(p["energy"], v), x_neg)
                      + jnp.sqrt(0.1) * jax.random.normal(k, x_neg.shape))
-        e = sgd_step(p["energy"], lambda ep: jnp.mean(E(ep, jnp.asarray(batch[0]))) - jnp.mean(E(ep, x_neg)))
+        x = jnp.asarray(batch[0])
+        e = sgd_step(p["energy"], lambda ep: jnp.mean(E(ep, x)) - jnp.mean(E(ep, x_neg))
+                     + energy_reg * (jnp.mean(E(ep, x) ** 2) + jnp.mean(E(ep, x_neg) ** 2)))
         assert_trees_close(new["params"]["energy"], e, what="energy")
         assert_changed(p["energy"], new["params"]["energy"])
 

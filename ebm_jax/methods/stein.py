@@ -107,6 +107,8 @@ class SteinCD(_EnergyModelMixin, EnergyOnlyMethod):
         if m.update_rule != "cd" and m.sampler != "svgd":
             raise ConfigError(f"method.update_rule={m.update_rule!r} uses the SVGD direction; it needs method.sampler='svgd'.")
         check_positive(config, "method.k", integer=True)
+        # alpha of Du & Mordatch's regulariser alpha (mean E(x+)^2 + mean E(x-)^2), not in the paper (0)
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
         self._build_energy(config)
         self.tx_energy = make_optimizer(config.optim, int(config.train.num_steps))
 
@@ -146,7 +148,8 @@ class SteinCD(_EnergyModelMixin, EnergyOnlyMethod):
             else:
                 e_neg = energy_fn(x_neg)
                 loss = estimators.stein_score_matching(lambda v: -energy_fn(v), x, phi, "exact")
-            return loss, {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg)}
+            aux = {"energy_real": jnp.mean(e_pos), "energy_negative": jnp.mean(e_neg)}
+            return add_energy_regulariser(loss, aux, self.energy_reg, e_pos, e_neg)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(e_params)
         updates, e_opt = self.tx_energy.update(grads, state["opt_state"]["energy"], e_params)
