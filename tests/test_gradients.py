@@ -73,14 +73,14 @@ def per_row_grad(f, x):
     return jax.vmap(lambda xi: jax.grad(lambda v: f(v[None])[0])(xi))(x)
 
 
-def svgd_phi(x, score):
+def svgd_phi(x, score, scale=1.0):
     """phi*(x_i) = (1/m) sum_j [k(x_j, x_i) score_j + grad_{x_j} k(x_j, x_i)] (SVGD, Liu & Wang 2016,
-    as Eq. 5 of the Stein paper), RBF k(a, b) = exp(-||a - b||^2 / h), h = med^2 / log m with med the
-    median distance over the pairs i < j; written as explicit sums over pairs."""
+    as Eq. 5 of the Stein paper), RBF k(a, b) = exp(-||a - b||^2 / h), h = (scale med)^2 / log m with med
+    the median distance over the pairs i < j; written as explicit sums over pairs."""
     m = x.shape[0]
     xs = np.asarray(jax.lax.stop_gradient(x), np.float64)
     dist = [np.linalg.norm(xs[i] - xs[j]) for i in range(m) for j in range(i + 1, m)]
-    h = np.median(dist) ** 2 / np.log(m)
+    h = (scale * np.median(dist)) ** 2 / np.log(m)
     out = []
     for i in range(m):
         acc = 0.0
@@ -384,12 +384,13 @@ def test_steingan_iteration_is_algorithm_2(alpha, energy_reg):
         k_z, k_mix = jax.random.split(key)
         z = jax.random.normal(k_z, (6, 2))
         x_gen = G(p["generator"], z)
-        phi = jax.lax.stop_gradient(svgd_phi(x_gen, -per_row_grad(lambda v: E(p["energy"], v), x_gen)))
+        scale = config.method.bandwidth_scale   # 0.3 in the toy default
+        phi = jax.lax.stop_gradient(svgd_phi(x_gen, -per_row_grad(lambda v: E(p["energy"], v), x_gen), scale))
         g = sgd_step(p["generator"], lambda gp: -jnp.sum(G(gp, z) * phi) / 6)
         x = jnp.asarray(batch[0])
         use_cd = alpha > 0 and bool(jax.random.bernoulli(k_mix, alpha))
         if use_cd:
-            x_neg = x + 0.3 * svgd_phi(x, -per_row_grad(lambda v: E(p["energy"], v), x))
+            x_neg = x + 0.3 * svgd_phi(x, -per_row_grad(lambda v: E(p["energy"], v), x), scale)
         else:
             x_neg = x_gen
         behind = float(jnp.mean(E(p["energy"], x))) > float(jnp.mean(E(p["energy"], x_neg)))

@@ -19,10 +19,10 @@ jax.config.update("jax_enable_x64", False)
 
 
 # ---------------------------------------------------------------- SVGD
-def numpy_median_bandwidth(x):
+def numpy_median_bandwidth(x, scale=1.0):
     m = len(x)
     d = [np.linalg.norm(x[i] - x[j]) for i in range(m) for j in range(i + 1, m)]
-    return np.median(d) ** 2 / np.log(m)
+    return (scale * np.median(d)) ** 2 / np.log(m)
 
 
 def numpy_svgd(x, score, h, feat=None, feat_jac=None):
@@ -243,7 +243,8 @@ def test_steingan_updates_are_eqs_21_and_23():
     eta' = eta + mu/m sum_i dG/deta phi*(x_i);  theta' = theta + mu (mean grad f(x+) - (1-gamma) mean grad f(G(z)))."""
     import ml_collections
     c = small_config("steingan", **{"model.energy": ml_collections.ConfigDict({"kind": "rbm", "num_hidden": 3}),
-                                    "model.generator.hidden": (), "method.gamma": 0.3})
+                                    "model.generator.hidden": (), "method.gamma": 0.3,
+                                    "method.energy_reg": 0.0})   # the paper's update; the regulariser: test_gradients
     method = get_method(c, (2,))
     state = method.init(jax.random.PRNGKey(0), None)
     x = np.random.default_rng(9).normal(size=(6, 2)).astype(np.float32)
@@ -256,7 +257,7 @@ def test_steingan_updates_are_eqs_21_and_23():
     p = jax.tree_util.tree_map(np.asarray, state["params"]["energy"])
     B, b, cc = (np.asarray(p[k], np.float64) for k in "Bbc")
     score = b - xg + np.tanh(xg @ B + cc) @ B.T
-    phi = numpy_svgd(xg, score, numpy_median_bandwidth(xg))
+    phi = numpy_svgd(xg, score, numpy_median_bandwidth(xg, c.method.bandwidth_scale))
     np.testing.assert_allclose(np.asarray(new["params"]["generator"]["MLP_0"]["Dense_0"]["kernel"]),
                                W + 0.1 * z.T @ phi / 6, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(new["params"]["generator"]["MLP_0"]["Dense_0"]["bias"]), a + 0.1 * phi.mean(0),
@@ -270,7 +271,10 @@ def test_steingan_updates_are_eqs_21_and_23():
 
 def test_steincd_gan_with_alpha_one_uses_svgd_moved_data():
     """alpha = 1: the energy step equals SteinCD's (same eps), while the generator still learns."""
-    over = {"method.step_size": 0.2}
+    # SteinCD's toy defaults differ from SteinGAN's (kernel bandwidth, regulariser, output-scale form); the
+    # same settings for both, so that only the negatives' source can differ.
+    over = {"method.step_size": 0.2, "method.bandwidth_scale": 0.3, "method.energy_reg": 0.1,
+            "model.energy.log_output_scale": True}
     x = jnp.asarray(np.random.default_rng(10).normal(size=(6, 2)), jnp.float32)
     gan = get_method(small_config("steingan", **over, **{"method.alpha": 1.0}), (2,))
     cd = get_method(small_config("steincd", **over), (2,))
