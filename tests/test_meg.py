@@ -86,7 +86,8 @@ def test_one_iteration_is_n_critic_sgd_steps_then_generator_step():
     def lg(gp, tp):
         x = method.generate({"generator": gp}, z)
         return meg.generator_loss(lambda v: method.energy({"energy": e}, v),
-                                  lambda a, b: method.statistics_net.apply({"params": tp}, a, b), x, z, zs)[0]
+                                  lambda a, b: method.statistics_net.apply({"params": tp}, a, b), x, z, zs,
+                                  config.method.entropy_weight)[0]   # 10 in the toy default
     gg, gt = jax.grad(lg, argnums=(0, 1))(p["generator"], p["statistics"])
     expect = {"energy": e,
               "generator": jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, p["generator"], gg),
