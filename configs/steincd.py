@@ -33,7 +33,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
     c.method.bandwidth_scale = 1.0    # med multiplied by this in the heuristic (Sec. 5.2 uses 0.5; see below)
     c.method.kernel_features = False  # kernel on the autoencoder energy's code (Sec. 5.2)
     c.method.step_size = 0.1          # eps of the SVGD step (Algorithm 1) / the Langevin step (CD-k)
-    c.method.energy_reg = 0.0         # alpha of Du & Mordatch's alpha (mean E(x+)^2 + mean E(x-)^2); not in the paper
+    c.method.energy_reg = 0.0         # Du & Mordatch's alpha (mean E(x+)^2 + mean E(x-)^2); not in the paper
     if method_name in ("steincd", "cd"):
         c.method.sampler = "svgd" if method_name == "steincd" else "langevin"
         c.method.k = 1                # SVGD or Langevin steps from the data
@@ -142,7 +142,8 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         #    (bandwidth_scale 0.5 / 0.3 / 0.2: 0.44 / 0.29 / 0.34 on sevenaniso with the rest; with the
         #    linear scale and no regulariser, 1 / 0.3 / 0.1: 0.80 / 0.62 / 0.98).
         # 20,000 iterations instead of 10,000 gave 0.28 against 0.29. The energy is still a little flat:
-        # seed 0's density is closest to the data at 1/T = 1.2 to 1.5 (the regulariser's pull towards 0).
+        # seed 0's density is closest to the data at 1/T = 1.5 to 3 (`bench/density_benchmark.py --report
+        # --temperatures`; the regulariser pulls the energies towards 0).
         c.model.energy.log_output_scale = True
         c.method.energy_reg = 0.1
         c.optim.schedule = "cosine"
