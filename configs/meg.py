@@ -17,7 +17,7 @@ costs ~18 GFLOP (about 0.15 s in the reference implementation here), so 100k of 
   * 5,000 iterations at lr 5e-4 with a cosine decay to 0 (instead of 100k at a constant 1e-4), and the
     entropy term weighted 10 instead of Eq. 8's 1. Both for the energy as a density, measured as
     KL(data || model) over 3 seeds (bench/density_benchmark.py, docs/methods/meg.md#results): MEG's
-    energy gets worse the longer it trains once its generator matches the data (sevenaniso at lr 5e-4,
+    energy gets worse the longer it trains (sevenaniso at lr 5e-4,
     entropy weight 1: 0.84 after 2,500 iterations, 1.32 after 5,000, 2.55 after 20,000), and a
     stronger entropy term keeps the generator spread so that the contrast keeps shaping the energy
     (5,000 iterations, weight 1 / 3 / 10 / 30: 1.32 / 1.24 / 0.81 / 2.82). Over the eight benchmark
