@@ -262,14 +262,28 @@ def fmt(s, k, digits=3):
     return f"{s[k]:.{digits}f} +- {s[k + ':std']:.{digits}f}"
 
 
-def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)"):
-    """Markdown lines: a toy x method matrix of KL mean +- std (the runs `by` holds; empty where none)."""
+def best_ml(rows, dataset):
+    """The exact-maximum-likelihood run ('mle' or 'mle@NET') with the lowest mean KL on `dataset`: the
+    ceiling the targets are judged against, as every such run is a density some energy network reached."""
+    found = [r for r in rows if r["dataset"] == dataset and r["method"].startswith("mle") and "kl_data_model" in r]
+    return min(found, key=lambda r: r["kl_data_model"]) if found else None
+
+
+def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False):
+    """Markdown lines: a toy x method matrix of KL mean +- std (the runs `by` holds; empty where none), with
+    best=True a first column of the best exact-ML run of the toy (best_ml) and its network."""
     methods = [m for m in methods if any((d, m) in by for d in datasets)]
     datasets = [d for d in datasets if any((d, m) in by for m in methods)]
-    lines = [f"| {title} | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    best = best and any(best_ml(by.values(), d) is not None for d in datasets)   # no column without an ML run
+    head = ["best ML (network)"] if best else []
+    lines = [f"| {title} | " + " | ".join(head + methods) + " |", "| --- |" + " --- |" * (len(head) + len(methods))]
     for d in datasets:
         cells = [(fmt(by[(d, m)], "kl_data_model", 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
                  for m in methods]
+        if best:
+            b = best_ml(by.values(), d)
+            net = "" if b is None else (b["method"][len("mle@"):] if "@" in b["method"] else "default")
+            cells = ([f"{b['kl_data_model']:.2f} ({net})"] if b else [""]) + cells
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return lines
 
@@ -278,7 +292,7 @@ def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
     """KL mean +- std as a toy x method matrix (what the README shows), the same for the ceilings of the
     methods' own networks where they ran, then every column per run, then where each figure came from."""
     by = {(s["dataset"], s["method"]): s for s in summary}
-    lines = kl_matrix(by, methods, datasets)
+    lines = kl_matrix(by, methods, datasets, best=True)
     if any(m in ceilings for _, m in by):
         lines += [""] + kl_matrix(by, ceilings, datasets, "exact ML of the network of")
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
@@ -360,14 +374,14 @@ def main():
     # the printed table: the runs among --methods x --datasets; the Markdown and the picture: every run the
     # JSON holds, so that an invocation for a part of the benchmark does not drop the other rows from them
     summary = [rows[(m, d)] for d in datasets for m in methods if same_run(rows.get((m, d)))]
-    print(backend_line())
-    columns, table = summary_table(summary)
-    print_table(table, columns)
     written = [rows[(m, d)] for d in DATASETS for m in list(METHODS) + list(CEILINGS) if same_run(rows.get((m, d)))]
+    print(backend_line())
+    columns, table = summary_table(summary, written)
+    print_table(table, columns)
     markdown = args.markdown or (os.path.splitext(args.json)[0] + ".md" if args.json else "")
     if markdown and written:
         with open(markdown, "w") as f:
-            columns, table = summary_table(written)
+            columns, table = summary_table(written, written)
             f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS), list(CEILINGS)))
         print(f"wrote {markdown}")
     if args.temperatures and args.json:
@@ -404,10 +418,13 @@ def print_temperatures(rows, json_path):
     print_table(table, columns, title="KL(data || model) of seed 0's grid density at temperature T")
 
 
-def summary_table(summary):
-    """One row per run: its metrics' mean +- std over seeds and the gap to the same toy's MLE ceiling."""
-    kl = {(s["dataset"], s["method"]): s["kl_data_model"] for s in summary if "kl_data_model" in s}
-    columns = ["toy", "method", "KL(data||model)", "- MLE", "- own net", "held-out NLL", "modes gen", "HQ gen",
+def summary_table(summary, references=None):
+    """One row per run: its metrics' mean +- std over seeds, the gap to the toy's best exact-ML run among
+    `references` (default: `summary`) and to the ML run of the method's own network."""
+    references = list(summary if references is None else references)
+    kl = {(s["dataset"], s["method"]): s["kl_data_model"] for s in references if "kl_data_model" in s}
+    best = {d: best_ml(references, d) for d in {s["dataset"] for s in summary}}
+    columns = ["toy", "method", "KL(data||model)", "- best ML", "- own net", "held-out NLL", "modes gen", "HQ gen",
                "modes MCMC", "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
     table = []
 
@@ -416,7 +433,9 @@ def summary_table(summary):
         return "" if base is None or "kl_data_model" not in s or reference == s["method"] else f"{s['kl_data_model'] - base:+.3f}"
 
     for s in summary:
-        values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s), gap(s, "mle"),
+        b = best[s["dataset"]]
+        values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s),
+                  gap(s, b["method"]) if b is not None else "",
                   gap(s, f"mle@{NETWORK_OF[s['method']]}") if s["method"] in NETWORK_OF else "",
                   fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),

@@ -232,20 +232,22 @@ def bounds_config(name, entropy, d, prior="gaussian", **extra):
         "method.anisotropy_samples": 0, "data.batch_size": 5, **extra})
 
 
-@pytest.mark.parametrize("name,entropy,d,D,prior", [
-    ("ebm_bb", "svd", 2, 2, "gaussian"),        # the toys' default: the exact 2x2 path
-    ("ebm_bb", "lanczos", 3, 5, "gaussian"),    # Golub-Kahan with d steps: exact
-    ("ebm_bb", "svd", 3, 5, "uniform"),         # U(-1, 1) prior: H[p_0] = d log 2, latent score 0
-    ("ebm_0gp", "lobpcg", 3, 5, "gaussian"),    # the paper's LOBPCG, converged
-    ("ebm_0gp", "exact", 3, 5, "gaussian"),     # 0.5 log det J^T J in place of d log s_1
-    ("wgan_0gp", "svd", 3, 5, "gaussian"),      # no entropy term
+@pytest.mark.parametrize("name,entropy,d,D,prior,energy_reg", [
+    ("ebm_bb", "svd", 2, 2, "gaussian", 0.0),        # the toys' default: the exact 2x2 path
+    ("ebm_bb", "svd", 2, 2, "gaussian", 0.3),        # with Du & Mordatch's regulariser on the critic
+    ("ebm_bb", "lanczos", 3, 5, "gaussian", 0.0),    # Golub-Kahan with d steps: exact
+    ("ebm_bb", "svd", 3, 5, "uniform", 0.0),         # U(-1, 1) prior: H[p_0] = d log 2, latent score 0
+    ("ebm_0gp", "lobpcg", 3, 5, "gaussian", 0.0),    # the paper's LOBPCG, converged
+    ("ebm_0gp", "exact", 3, 5, "gaussian", 0.3),     # 0.5 log det J^T J in place of d log s_1
+    ("wgan_0gp", "svd", 3, 5, "gaussian", 0.0),      # no entropy term
 ])
-def test_bounds_iteration_is_eqs_11_and_15_to_20(name, entropy, d, D, prior):
+def test_bounds_iteration_is_eqs_11_and_15_to_20(name, entropy, d, D, prior, energy_reg):
     """EBM-BB: critic on Eq. 20, mean E(x) - mean E(G(z)) + [(c/d) mean_z ||grad_x E(G(z)) J_z + w_z||^2 -
     zeta]_+ with w_z = grad_z log p_0(z) - grad_z d log s_1(z) and Hutchinson's probes (Eq. 19); EBM-0GP /
-    WGAN-0GP: critic on Eq. 9 + lambda mean ||grad_x E(x)||^2. Generator on -(Eq. 11): mean E(G(z)) -
-    mean_z d log s_1(z) (EBM-BB, EBM-0GP; 0.5 log det J^T J with entropy='exact'), mean E(G(z)) (WGAN-0GP)."""
-    config = bounds_config(name, entropy, d, prior)
+    WGAN-0GP: critic on Eq. 9 + lambda mean ||grad_x E(x)||^2; either plus energy_reg (mean E(x)^2 +
+    mean E(G(z))^2), not in the paper. Generator on -(Eq. 11): mean E(G(z)) - mean_z d log s_1(z) (EBM-BB,
+    EBM-0GP; 0.5 log det J^T J with entropy='exact'), mean E(G(z)) (WGAN-0GP)."""
+    config = bounds_config(name, entropy, d, prior, **{"method.energy_reg": energy_reg})
     with jax.enable_x64(True):
         method = get_method(config, (D,))
         batch, key = data((1, 5, D), 3, 0.5), jax.random.PRNGKey(5)
@@ -275,11 +277,13 @@ def test_bounds_iteration_is_eqs_11_and_15_to_20(name, entropy, d, D, prior):
                 u = per_row_grad(lambda v: E(ep, v), x_fake)          # grad_x E at G(z_i)
                 sq = jnp.stack([jnp.mean((probes[i] @ (jacs[i].T @ u[i] + w[i])) ** 2) for i in range(5)])
                 penalty = jnp.maximum(0.5 / d * jnp.mean(sq) - 0.01, 0.0)
-                return jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake)) + penalty
+                return (jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake)) + penalty
+                        + energy_reg * (jnp.mean(E(ep, x_real) ** 2) + jnp.mean(E(ep, x_fake) ** 2)))
         else:
             def critic_loss(ep):
                 g = per_row_grad(lambda v: E(ep, v), x_real)
-                return jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake)) + 0.2 * jnp.mean(jnp.sum(g ** 2, axis=1))
+                return (jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake)) + 0.2 * jnp.mean(jnp.sum(g ** 2, axis=1))
+                        + energy_reg * (jnp.mean(E(ep, x_real) ** 2) + jnp.mean(E(ep, x_fake) ** 2)))
         e = sgd_step(p["energy"], critic_loss)
 
         # ---- generator
@@ -405,16 +409,17 @@ def test_steingan_iteration_is_algorithm_2(alpha, energy_reg):
 
 
 # --------------------------------------------------------------------------------- divergence triangle
-@pytest.mark.parametrize("objective", ["kl_difference", "kl_sum"])
-def test_triangle_iteration_is_algorithm_1(objective):
-    """Han et al.'s Algorithm 1 in order: alpha on Eq. 19; phi on Eq. 15 = KL(q||p) - KL(q||pi)
-    (kl_difference) or Eq. 17 = KL(q||p) + KL(q||pi) (kl_sum), by the re-parameterised z~ and with the
-    updated alpha; theta on Eq. 21 with z~ fixed and the updated alpha."""
+@pytest.mark.parametrize("objective,energy_reg", [("kl_difference", 0.0), ("kl_sum", 0.0), ("kl_difference", 0.3)])
+def test_triangle_iteration_is_algorithm_1(objective, energy_reg):
+    """Han et al.'s Algorithm 1 in order: alpha on Eq. 19 (+ energy_reg (mean f(x, z~)^2 + mean f(x~, z)^2),
+    not in the paper); phi on Eq. 15 = KL(q||p) - KL(q||pi) (kl_difference) or Eq. 17 = KL(q||p) +
+    KL(q||pi) (kl_sum), by the re-parameterised z~ and with the updated alpha; theta on Eq. 21 with z~
+    fixed and the updated alpha."""
     from configs import triangle as triangle_config
     config = sgd(triangle_config.make_config(), **{
         "model.generator.hidden": (8, 8), "model.inference.hidden": (8, 8), "model.energy.encoder_hidden": (8,),
         "model.energy.features": 4, "model.energy.hidden": (8,), "method.inference_objective": objective,
-        "method.sigma": 0.5, "data.batch_size": 5})
+        "method.sigma": 0.5, "data.batch_size": 5, "method.energy_reg": energy_reg})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((1, 5, 2), 7, 0.7), jax.random.PRNGKey(9)
@@ -449,7 +454,8 @@ def test_triangle_iteration_is_algorithm_1(objective):
 
         z_tilde = infer(p["inference"])[0]
         x_tilde = g(p["generator"], z)
-        alpha = sgd_step(p["energy"], lambda ap: -jnp.mean(f_old(ap, x, z_tilde)) + jnp.mean(f_old(ap, x_tilde, z)))
+        alpha = sgd_step(p["energy"], lambda ap: -jnp.mean(f_old(ap, x, z_tilde)) + jnp.mean(f_old(ap, x_tilde, z))
+                         + energy_reg * (jnp.mean(f_old(ap, x, z_tilde) ** 2) + jnp.mean(f_old(ap, x_tilde, z) ** 2)))
 
         def inference_loss(ip):
             zt, mu, log_var = infer(ip)

@@ -74,7 +74,9 @@ def hand_losses(method, params, new_energy, x, key, objective):
 
 @pytest.mark.parametrize("objective", ["kl_difference", "kl_sum"])
 def test_losses_equal_eqs_19_to_21_by_hand(objective):
-    c = tiny(**{"method.inference_objective": objective, "method.sigma": 0.5, "optim.name": "sgd"})
+    # the paper's losses: without the toy default's energy regulariser (its gradient: test_gradients.py)
+    c = tiny(**{"method.inference_objective": objective, "method.sigma": 0.5, "optim.name": "sgd",
+                "method.energy_reg": 0.0})
     method = get_method(c, (2,))
     state = method.init(jax.random.PRNGKey(0), None)
     x = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)
@@ -90,7 +92,7 @@ def test_updates_are_the_gradients_of_the_hand_losses():
     """With SGD, new - old = -lr * dL/dparam; checked by central differences of the numpy losses for one
     entry of each network (the inference model's gradient goes through z~ = mu + V^(1/2) e)."""
     lr = 0.01
-    c = tiny(**{"method.sigma": 0.5, "optim.name": "sgd", "optim.lr": lr})
+    c = tiny(**{"method.sigma": 0.5, "optim.name": "sgd", "optim.lr": lr, "method.energy_reg": 0.0})
     method = get_method(c, (2,))
     state = method.init(jax.random.PRNGKey(0), None)
     x = np.random.default_rng(1).normal(size=(6, 2)).astype(np.float32)

@@ -38,7 +38,8 @@ import optax
 
 from ebm_jax import kernels, parallel
 from ebm_jax.estimators import singular_values as sv
-from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import (ConfigError, Generator, GeneratorEnergyMethod, add_energy_regulariser, check_positive,
+                                  make_optimizer, optional_weight)
 # EBM-0GP's and WGAN-0GP's critic loss is MEG's L_E: mean E(x) - mean E(G(z)) + lambda mean ||grad_x E(x)||^2
 from ebm_jax.methods.meg import energy_loss as zero_gp_energy_loss
 from ebm_jax.models import NormalizedGeneratorMLP, build_energy, build_generator
@@ -115,6 +116,8 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         else:
             check_positive(config, "method.penalty_weight", allow_zero=True)
         check_positive(config, "method.anisotropy_samples", integer=True, allow_zero=True)
+        # Du & Mordatch's alpha (mean E(x+)^2 + mean E(x-)^2) on the critic; not in the paper
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
         mc = config.model
         self.prior_kind = mc.get("prior", "gaussian")
         self.energy_net = build_energy(mc.energy, self.data_shape, self.compute_dtype)
@@ -226,11 +229,13 @@ class BidirectionalBounds(GeneratorEnergyMethod):
             def loss_fn(ep):
                 energy_fn = lambda v: self.energy({"energy": ep}, v)
                 if not self.use_upper_bound:
-                    return zero_gp_energy_loss(energy_fn, x_real, x_fake, cfg.penalty_weight)
+                    return zero_gp_energy_loss(energy_fn, x_real, x_fake, cfg.penalty_weight, self.energy_reg)
                 e_real, e_fake = energy_fn(x_real), energy_fn(x_fake)
                 sq = jax.vmap(lambda zz, kk, ww: self._upper_bound_sq(ep, fn, zz, kk, ww))(z, probe_keys, w)
                 loss, penalty = critic_loss_upper_bound(e_real, e_fake, sq, cfg.bound_c, d, cfg.zeta)
-                return loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty}
+                return add_energy_regulariser(
+                    loss, {"energy_real": jnp.mean(e_real), "energy_fake": jnp.mean(e_fake), "penalty": penalty},
+                    self.energy_reg, e_real, e_fake)
 
             grads, aux = jax.grad(loss_fn, has_aux=True)(e_params)
             updates, e_opt = self.tx_energy.update(grads, e_opt, e_params)

@@ -28,7 +28,8 @@ import numpy as np
 import optax
 
 from ebm_jax import parallel
-from ebm_jax.methods.base import ConfigError, Generator, GeneratorEnergyMethod, check_positive, make_optimizer
+from ebm_jax.methods.base import (ConfigError, Generator, GeneratorEnergyMethod, add_energy_regulariser, check_positive,
+                                  make_optimizer, optional_weight)
 from ebm_jax.models import build_generator
 from ebm_jax.models.latent import GaussianInference, LatentEnergy
 from ebm_jax.models.precision import with_compute_dtype
@@ -96,6 +97,8 @@ class DivergenceTriangle(GeneratorEnergyMethod):
                          float(e.get("scale_init", 1.0))),
             self.compute_dtype, e.kind == "conv")
         self.sigma = float(m.sigma)
+        # Du & Mordatch's alpha (mean f(x, z~)^2 + mean f(x~, z)^2) on the latent EBM's loss; not in the paper
+        self.energy_reg = optional_weight(config, "method.energy_reg", 0.0)
         steps = int(config.train.num_steps)
         self.tx = {k: make_optimizer(config.optim, steps) for k in ("energy", "inference", "generator")}
 
@@ -199,8 +202,10 @@ class DivergenceTriangle(GeneratorEnergyMethod):
             f_inf, new = self.energy_net.apply(self._energy_variables(ep, spectral), x, z_inf_fixed,
                                                mutable=["spectral"])
             f_syn = self.energy_net.apply(self._energy_variables(ep, spectral), x_syn_fixed, z)
-            return latent_ebm_loss(f_inf, f_syn), ({"energy_real": -jnp.mean(f_inf),
-                                                    "energy_fake": -jnp.mean(f_syn)}, new.get("spectral", {}))
+            loss, aux = add_energy_regulariser(
+                latent_ebm_loss(f_inf, f_syn), {"energy_real": -jnp.mean(f_inf), "energy_fake": -jnp.mean(f_syn)},
+                self.energy_reg, f_inf, f_syn)
+            return loss, (aux, new.get("spectral", {}))
 
         (e_loss, (e_aux, new_spectral)), e_grads = jax.value_and_grad(e_loss_fn, has_aux=True)(params["energy"])
         new_spectral = jax.lax.stop_gradient(new_spectral)
