@@ -20,7 +20,8 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
 
     Not given in the paper, chosen here: the network widths, sigma of p(x|z) (0.05 on the toys, whose
     modes have a std of 0.018; 0.3 on MNIST in [-1, 1]), Adam(1e-4 for the EBM, 3e-4 for the others
-    in the official code; one lr here, 2e-4) with b1 = 0.5, the iteration counts. Spectral
+    in the official code; one lr here, 2e-4) with b1 = 0.5, the iteration counts, and on the toys Du &
+    Mordatch's regulariser 0.1 on the latent EBM (method.energy_reg; not in the paper). Spectral
     normalisation of the latent EBM is on, as Sec. 5 says.
     """
     c = configlib.base_config()

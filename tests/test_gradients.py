@@ -285,6 +285,8 @@ def test_bounds_iteration_is_eqs_11_and_15_to_20(name, entropy, d, D, prior, ene
                 return (jnp.mean(E(ep, x_real)) - jnp.mean(E(ep, x_fake)) + 0.2 * jnp.mean(jnp.sum(g ** 2, axis=1))
                         + energy_reg * (jnp.mean(E(ep, x_real) ** 2) + jnp.mean(E(ep, x_fake) ** 2)))
         e = sgd_step(p["energy"], critic_loss)
+        # the logged critic loss is the whole loss at the old parameters, the regulariser included
+        np.testing.assert_allclose(float(metrics["energy_loss"]), float(critic_loss(p["energy"])), rtol=1e-5)
 
         # ---- generator
         z = z_all[1]

@@ -307,7 +307,8 @@ class BidirectionalBounds(GeneratorEnergyMethod):
         weight = 1.0 if self.use_upper_bound else cfg.penalty_weight
         metrics = {
             **last, **gen_metrics,
-            "energy_loss": last["energy_real"] - last["energy_fake"] + weight * last["penalty"],
+            "energy_loss": (last["energy_real"] - last["energy_fake"] + weight * last["penalty"]
+                            + self.energy_reg * last.get("regulariser", 0.0)),
             "generator_loss": g_loss,
         }
         if self.use_entropy:
