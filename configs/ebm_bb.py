@@ -136,9 +136,9 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         # docs/methods/ebm_bb.md): the energy's output scale learned as exp(s) (its spectrally normalised
         # layers cap the slope, and a linear scale grew too slowly: exact maximum likelihood of this network
         # reached only 1.77 on sevenaniso with it), Du & Mordatch's regulariser (without it the exp(s) scale
-        # ran away on bands in 2 seeds of 3: 5.65 +- 3.31), a cosine decay and 30,000 iterations. EBM-BB on
-        # sevenaniso: 0.74 +- 0.18 (Table 11's 150,000 constant-rate iterations, linear scale: 1.91 +- 0.17,
-        # in five times the time), bands 0.70 +- 0.13 (0.97 +- 0.08). ':paper' keeps Table 11's schedule.
+        # ran away on bands in 2 seeds of 3: 5.65 +- 3.31), a cosine decay and 30,000 iterations. EBM-BB,
+        # against Table 11's 150,000 constant-rate iterations with the linear scale: sevenaniso 0.74 (1.91),
+        # bands 0.70 (0.97), 8gaussians 3.15 (2.62), fourspin 1.32 (1.11). ':paper' keeps Table 11's schedule.
         c.model.energy.log_output_scale = True
         c.method.energy_reg = 0.1
         c.optim.schedule = "cosine"
