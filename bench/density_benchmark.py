@@ -274,16 +274,16 @@ def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False):
     best=True a first column of the best exact-ML run of the toy (best_ml) and its network."""
     methods = [m for m in methods if any((d, m) in by for d in datasets)]
     datasets = [d for d in datasets if any((d, m) in by for m in methods)]
-    best = best and any(best_ml(by.values(), d) is not None for d in datasets)   # no column without an ML run
+    bests = {d: best_ml(by.values(), d) for d in datasets} if best else {}
+    best = any(b is not None for b in bests.values())   # no column without an ML run
     head = ["best ML (network)"] if best else []
     lines = [f"| {title} | " + " | ".join(head + methods) + " |", "| --- |" + " --- |" * (len(head) + len(methods))]
     for d in datasets:
         cells = [(fmt(by[(d, m)], "kl_data_model", 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
                  for m in methods]
         if best:
-            b = best_ml(by.values(), d)
-            net = "" if b is None else (b["method"][len("mle@"):] if "@" in b["method"] else "default")
-            cells = ([f"{b['kl_data_model']:.2f} ({net})"] if b else [""]) + cells
+            b = bests[d]
+            cells = [f"{b['kl_data_model']:.2f} ({b['method'].partition('@')[2] or 'default'})" if b else ""] + cells
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return lines
 

@@ -137,7 +137,6 @@ def test_ceilings_train_each_methods_own_network_by_exact_likelihood(tmp_path):
     assert "| exact ML of the network of | mle@steincd |" in md
 
 
-
 def test_gaps_are_to_the_best_exact_likelihood_run_of_the_toy():
     """'- best ML' subtracts the lowest mean KL among the toy's exact-ML runs (the default network's or
     any method's own, 'mle@NET'), '- own net' the method's own network's, and other toys do not count."""
