@@ -510,6 +510,43 @@ def test_mle_iteration_is_the_exact_grid_likelihood(points_per_step):
         assert_changed(p["energy"], new["params"]["energy"])
 
 
+def test_mle_shifted_grid_is_an_unbiased_lattice_rule():
+    """method.grid_shift: every cell centre moved by one offset u ~ U(-h/2, h/2)^2 (h the cell side), log Z =
+    log sum_g exp(-E(g + u)) h^2; the offset written out here, and over many offsets the mean of Z equals
+    the integral of exp(-E) over the square (a 6x finer grid in numpy)."""
+    import configs.mle as mle_config
+    config = sgd(mle_config.get_config(), **{"model.energy.hidden": (8, 8), "method.grid_size": 10,
+                                             "method.grid_extent": 3.0, "method.grid_shift": True,
+                                             "method.normaliser": "grid", "data.batch_size": 6})
+    with jax.enable_x64(True):
+        method = get_method(config, (2,))
+        batch, key = data((1, 6, 2), 9, 0.7), jax.random.PRNGKey(11)
+        old, new, metrics = one_iteration(method, batch, key)
+        p = old["params"]
+        E = lambda ep, x: method.energy_net.apply({"params": ep}, x)  # noqa: E731
+        h = 0.6
+        axis = -3.0 + h * (np.arange(10) + 0.5)
+        centres = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32).astype(np.float64)
+        u = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (2,)))
+        grid = centres + h * (u - 0.5)
+        assert np.abs(u - 0.5).max() > 0.01   # the offset is not the centre
+
+        def nll(ep):
+            return jnp.mean(E(ep, jnp.asarray(batch[0]))) + jnp.log(jnp.sum(jnp.exp(-E(ep, jnp.asarray(grid)))) * h * h)
+        np.testing.assert_allclose(float(metrics["nll"]), float(nll(p["energy"])), rtol=1e-10)
+        assert_trees_close(new["params"]["energy"], sgd_step(p["energy"], nll), what="energy")
+        # unbiased for the integral: the mean over offsets against a fine midpoint sum
+        log_z = jax.jit(jax.vmap(lambda k: method.grid_log_partition(p["energy"], k)))(jax.random.split(key, 2000))
+        z_hat = np.exp(np.asarray(log_z))
+        fine = -3.0 + 0.1 * (np.arange(60) + 0.5)
+        z_fine = float(np.sum(np.exp(-np.asarray(E(p["energy"], jnp.asarray(
+            np.stack(np.meshgrid(fine, fine), -1).reshape(-1, 2)))))) * 0.01)
+        z_centres = float(np.sum(np.exp(-np.asarray(E(p["energy"], jnp.asarray(centres))))) * h * h)
+        assert np.std(z_hat) > 0   # the offsets vary
+        assert abs(np.mean(z_hat) / z_fine - 1.0) < 3 * np.std(z_hat) / np.sqrt(2000) / z_fine + 1e-3
+        assert abs(np.mean(z_hat) / z_fine - 1.0) < abs(z_centres / z_fine - 1.0)   # the unshifted coarse sum is off
+
+
 def test_mle_importance_normaliser_is_an_unbiased_estimate_of_z():
     """normaliser='importance': log Z = log mean_i exp(-E(y_i)) / q(y_i), y from u U([-R, R]^2) + (1 - u)
     (the batch's Gaussian kernels of bandwidth h); q written out here, and the estimate's mean over many

@@ -36,6 +36,11 @@ class ExactLikelihood(EnergyOnlyMethod):
                     method.grid_size points per side (R = method.grid_extent, 0 = twice the toys' square,
                     the evaluation's default metric grid); method.grid_points_per_step = M > 0 uses a
                     random M of the cells each step (Z estimated without bias by N/M times their sum);
+                    method.grid_shift = True moves every point by one offset drawn uniformly in a cell
+                    each step (a randomly shifted lattice rule: each point is uniform in its own cell,
+                    so Z = integral of exp(-E) over the square is estimated without bias, and an energy
+                    cannot hide mass between fixed points; a grid coarser than evaluation's then costs
+                    a fraction of it per step with an error far below the KLs compared);
       'importance'  Z = E_q[exp(-E(y)) / q(y)] with method.importance_samples draws y of the proposal
                     q = u Uniform([-R, R]^2) + (1 - u) (kernel density of the batch, bandwidth h), u =
                     method.uniform_fraction, h = method.kde_bandwidth: unbiased for Z with a small variance
@@ -76,6 +81,8 @@ class ExactLikelihood(EnergyOnlyMethod):
         self.grid = jnp.asarray(pts)
         self.log_area = math.log(area)
         self.points_per_step = int(m.grid_points_per_step)
+        self.grid_shift = bool(m.get("grid_shift", False))
+        self.grid_cell = 2.0 * extent / int(m.grid_size)
         self.energy_net = build_energy(config.model.energy, self.data_shape, self.compute_dtype)
         self.tx = make_optimizer(config.optim, int(config.train.num_steps))
 
@@ -87,8 +94,11 @@ class ExactLikelihood(EnergyOnlyMethod):
         return self.energy_net.apply({"params": params["energy"]}, x)
 
     def grid_log_partition(self, e_params, key=None):
-        """log Z on the grid (all cells, or a random method.grid_points_per_step of them with `key`)."""
+        """log Z on the grid (all cells, or a random method.grid_points_per_step of them with `key`; with
+        method.grid_shift and `key`, the grid moved by one offset uniform in (-cell/2, cell/2)^2)."""
         grid, log_scale = self.grid, self.log_area
+        if self.grid_shift and key is not None:
+            grid = grid + self.grid_cell * (jax.random.uniform(jax.random.fold_in(key, 1), (2,)) - 0.5)
         if self.points_per_step and key is not None and self.points_per_step < grid.shape[0]:
             idx = jax.random.choice(key, grid.shape[0], (self.points_per_step,), replace=False)
             grid = grid[idx]
