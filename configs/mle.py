@@ -62,7 +62,7 @@ def get_config(variant: str = ""):
     config.data.name = tokens.get("dataset", "25gaussians")
     if "grid" in tokens["extras"]:
         # log Z on a randomly shifted 200 x 200 grid of [-4, 4]^2 (cells of 0.04, 2.3 stds of a 25-Gaussians
-        # mode): no proposal to miss mass between narrow modes, at 1/9 of the evaluation grid's cost a step
+        # mode): no proposal to miss mass between narrow modes, at 1/9 of the evaluation grid's energies a step
         config.method.normaliser = "grid"
         config.method.grid_size = 200
         config.method.grid_shift = True

@@ -478,24 +478,35 @@ def test_triangle_iteration_is_algorithm_1(objective, energy_reg):
 
 
 # ---------------------------------------------------------------------------------------------- references
-@pytest.mark.parametrize("points_per_step", [0, 50])
-def test_mle_iteration_is_the_exact_grid_likelihood(points_per_step):
+def cell_centres(extent, size):
+    """(cell side, the (size^2, 2) cell centres of [-extent, extent]^2 as float32 numbers, as evaluation's grid
+    holds them), written afresh here."""
+    step = 2.0 * extent / size
+    axis = -extent + step * (np.arange(size) + 0.5)
+    return step, np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32).astype(np.float64)
+
+
+@pytest.mark.parametrize("points_per_step,shift", [(0, False), (50, False), (0, True)])
+def test_mle_iteration_is_the_exact_grid_likelihood(points_per_step, shift):
     """loss = mean E(x) + log Z, log Z = log sum over the grid's cell centres of exp(-E) x cell area (all
-    cells, or a random M of them scaled by N / M): the exact NLL of the grid-normalised density."""
+    cells, or a random M of them scaled by N / M; with method.grid_shift every centre moved by one offset
+    u ~ U(-h/2, h/2)^2, h the cell side): the exact NLL of the grid-normalised density."""
     import configs.mle as mle_config
     config = sgd(mle_config.get_config(), **{"model.energy.hidden": (8, 8), "method.grid_size": 20,
                                              "method.grid_extent": 3.0, "method.grid_points_per_step": points_per_step,
-                                             "method.normaliser": "grid", "data.batch_size": 6})
+                                             "method.grid_shift": shift, "method.normaliser": "grid",
+                                             "data.batch_size": 6})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
         batch, key = data((1, 6, 2), 8, 0.7), jax.random.PRNGKey(10)
         old, new, metrics = one_iteration(method, batch, key)
         p = old["params"]
         E = lambda ep, x: method.energy_net.apply({"params": ep}, x)  # noqa: E731
-        step = 6.0 / 20
-        axis = -3.0 + step * (np.arange(20) + 0.5)
-        # (the cell centres as float32 numbers, as evaluation's grid holds them)
-        grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32).astype(np.float64)
+        step, grid = cell_centres(3.0, 20)
+        if shift:
+            u = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (2,)))
+            assert np.abs(u - 0.5).max() > 0.01   # the offset is not the centre
+            grid = grid + step * (u - 0.5)
         scale = 1.0
         if points_per_step:
             grid = grid[np.asarray(jax.random.choice(key, 400, (50,), replace=False))]
@@ -510,38 +521,23 @@ def test_mle_iteration_is_the_exact_grid_likelihood(points_per_step):
         assert_changed(p["energy"], new["params"]["energy"])
 
 
-def test_mle_shifted_grid_is_an_unbiased_lattice_rule():
-    """method.grid_shift: every cell centre moved by one offset u ~ U(-h/2, h/2)^2 (h the cell side), log Z =
-    log sum_g exp(-E(g + u)) h^2; the offset written out here, and over many offsets the mean of Z equals
-    the integral of exp(-E) over the square (a 6x finer grid in numpy)."""
+def test_mle_shifted_grid_is_unbiased_for_the_integral():
+    """method.grid_shift: over many offsets the mean of the coarse grid's Z equals the integral of exp(-E)
+    over the square (a 6x finer grid in numpy), which the unshifted coarse sum misses."""
     import configs.mle as mle_config
     config = sgd(mle_config.get_config(), **{"model.energy.hidden": (8, 8), "method.grid_size": 10,
                                              "method.grid_extent": 3.0, "method.grid_shift": True,
-                                             "method.normaliser": "grid", "data.batch_size": 6})
+                                             "method.normaliser": "grid"})
     with jax.enable_x64(True):
         method = get_method(config, (2,))
-        batch, key = data((1, 6, 2), 9, 0.7), jax.random.PRNGKey(11)
-        old, new, metrics = one_iteration(method, batch, key)
-        p = old["params"]
-        E = lambda ep, x: method.energy_net.apply({"params": ep}, x)  # noqa: E731
-        h = 0.6
-        axis = -3.0 + h * (np.arange(10) + 0.5)
-        centres = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32).astype(np.float64)
-        u = np.asarray(jax.random.uniform(jax.random.fold_in(key, 1), (2,)))
-        grid = centres + h * (u - 0.5)
-        assert np.abs(u - 0.5).max() > 0.01   # the offset is not the centre
+        p = to64(method.init(jax.random.PRNGKey(0), None))["params"]["energy"]
 
-        def nll(ep):
-            return jnp.mean(E(ep, jnp.asarray(batch[0]))) + jnp.log(jnp.sum(jnp.exp(-E(ep, jnp.asarray(grid)))) * h * h)
-        np.testing.assert_allclose(float(metrics["nll"]), float(nll(p["energy"])), rtol=1e-10)
-        assert_trees_close(new["params"]["energy"], sgd_step(p["energy"], nll), what="energy")
-        # unbiased for the integral: the mean over offsets against a fine midpoint sum
-        log_z = jax.jit(jax.vmap(lambda k: method.grid_log_partition(p["energy"], k)))(jax.random.split(key, 2000))
+        def z_of(h, pts):   # the midpoint sum of exp(-E) over cells of side h
+            return float(np.sum(np.exp(-np.asarray(method.energy_net.apply({"params": p}, jnp.asarray(pts)))))) * h * h
+        keys = jax.random.split(jax.random.PRNGKey(11), 2000)
+        log_z = jax.jit(jax.vmap(lambda k: method.grid_log_partition(p, k)))(keys)
         z_hat = np.exp(np.asarray(log_z))
-        fine = -3.0 + 0.1 * (np.arange(60) + 0.5)
-        z_fine = float(np.sum(np.exp(-np.asarray(E(p["energy"], jnp.asarray(
-            np.stack(np.meshgrid(fine, fine), -1).reshape(-1, 2)))))) * 0.01)
-        z_centres = float(np.sum(np.exp(-np.asarray(E(p["energy"], jnp.asarray(centres))))) * h * h)
+        z_fine, z_centres = z_of(*cell_centres(3.0, 60)), z_of(*cell_centres(3.0, 10))
         assert np.std(z_hat) > 0   # the offsets vary
         assert abs(np.mean(z_hat) / z_fine - 1.0) < 3 * np.std(z_hat) / np.sqrt(2000) / z_fine + 1e-3
         assert abs(np.mean(z_hat) / z_fine - 1.0) < abs(z_centres / z_fine - 1.0)   # the unshifted coarse sum is off
@@ -578,9 +574,7 @@ def test_mle_importance_normaliser_is_an_unbiased_estimate_of_z():
         # unbiased: over many proposals the mean of Z_hat is the grid's Z of this energy
         draws = jax.jit(jax.vmap(lambda k: method.importance_draws(x, k)))(jax.random.split(key, 400))
         z_hat = np.mean(np.exp(np.asarray(-jax.vmap(lambda yy: E(p["energy"], yy))(draws[0])) - np.asarray(draws[1])), axis=1)
-        step = 6.0 / 300
-        axis = -3.0 + step * (np.arange(300) + 0.5)
-        grid = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+        step, grid = cell_centres(3.0, 300)
         z_grid = float(np.sum(np.exp(-np.asarray(E(p["energy"], jnp.asarray(grid))))) * step * step)
         assert abs(np.mean(z_hat) / z_grid - 1.0) < 3 * np.std(z_hat) / np.sqrt(400) / z_grid + 1e-3
 

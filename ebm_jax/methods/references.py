@@ -40,7 +40,7 @@ class ExactLikelihood(EnergyOnlyMethod):
                     each step (a randomly shifted lattice rule: each point is uniform in its own cell,
                     so Z = integral of exp(-E) over the square is estimated without bias, and an energy
                     cannot hide mass between fixed points, so a grid coarser than evaluation's can
-                    stand in for it: configs/mle.py's 'grid' variant, 200 points a side, 1/9 of the cost);
+                    stand in for it: configs/mle.py's 'grid' variant, 200 points a side, 1/9 of the energies);
       'importance'  Z = E_q[exp(-E(y)) / q(y)] with method.importance_samples draws y of the proposal
                     q = u Uniform([-R, R]^2) + (1 - u) (kernel density of the batch, bandwidth h), u =
                     method.uniform_fraction, h = method.kde_bandwidth: unbiased for Z with a small variance
@@ -82,7 +82,7 @@ class ExactLikelihood(EnergyOnlyMethod):
         self.log_area = math.log(area)
         self.points_per_step = int(m.grid_points_per_step)
         self.grid_shift = bool(m.get("grid_shift", False))
-        self.grid_cell = 2.0 * extent / int(m.grid_size)
+        self.grid_cell = math.sqrt(area)   # the cell's side, the range of the random offset
         self.energy_net = build_energy(config.model.energy, self.data_shape, self.compute_dtype)
         self.tx = make_optimizer(config.optim, int(config.train.num_steps))
 
