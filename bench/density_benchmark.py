@@ -6,6 +6,7 @@
     python bench/density_benchmark.py --report        # train nothing: tables and picture of the runs so far
     python bench/density_benchmark.py --report --temperatures   # and each run's KL at other temperatures
     python bench/density_benchmark.py --methods ddgm --set method.penalty_weight=0.01 --json /tmp/sweep.json
+    python bench/density_benchmark.py --reevaluate /tmp/density_benchmark_*   # new metrics, no training
 
 Every method (and the references: exact maximum likelihood, the ceiling, with log Z importance-sampled,
 'mle', or summed on a randomly shifted grid, 'mle_grid', which has no proposal to miss the mass between
@@ -14,7 +15,9 @@ MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py
 and train.num_seeds = S replicas in one program, then evaluated as --mode=eval does
 (ebm_jax/evaluation: the metric grid, docs/metrics.md). Printed and written to --json (default
 bench/results/density_benchmark.json): per method x toy the mean +- std over seeds of
-KL(data || model), held-out NLL, modes covered and high-quality fraction of generator and MCMC samples,
+KL(data || model) at T = 1 and at the temperature fitted by maximum likelihood on the training points
+(exp(-E/T)/Z_T with the energy fixed; the 1/T too), held-out NLL, modes covered and high-quality
+fraction of generator and MCMC samples,
 the mode-frequency KL of the generator's samples against the true weights (mixtures only),
 KL(data || a KDE of the generator's and of the MCMC samples) beside the same for as many data draws (how
 good a density the sampler is, against what a perfect one scores with that many samples), and the
@@ -34,6 +37,9 @@ steps, however many invocations (or machines) produced them.
 --set KEY=VALUE (repeatable) trains every requested run with that config field changed, for sweeping a
 default before changing it; such runs record their settings and go to a --json of their own, never to
 the default results file, whose rows are the defaults.
+
+The runs' workdirs (checkpoints of every seed) stay under --workdir (default: a new temporary folder,
+not removed), so that --reevaluate can evaluate them again when the evaluation gains a metric.
 """
 import argparse
 import json
@@ -60,8 +66,8 @@ NETWORK_OF = {"meg": "meg", "ebm_bb": "ebm_bb", "ebm_0gp": "ebm_bb", "wgan_0gp":
 CEILINGS = tuple(f"mle@{n}" for n in dict.fromkeys(NETWORK_OF.values()))
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
-METRICS = ("kl_data_model", "test_nll", "generator/modes_covered", "generator/high_quality_fraction",
-           "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl",
+METRICS = ("kl_data_model", "fitted/kl_data_model", "fitted/inverse_temperature", "test_nll",
+           "generator/modes_covered", "generator/high_quality_fraction", "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl",
            "generator/kl_data_kde", "mcmc/kl_data_kde", "data/kl_data_kde")
 
 
@@ -231,7 +237,46 @@ def summarise(r):
         out["diverged"] = r["diverged"]
         return out
     out["per_seed_kl"] = [m["kl_data_model"] for m in f.get("per_seed", [f])]
+    if "fitted/kl_data_model" in f:
+        out["per_seed_fitted_kl"] = [m["fitted/kl_data_model"] for m in f.get("per_seed", [f])]
     return out
+
+
+def reevaluate(rows, methods, datasets, roots, json_path):
+    """Evaluate again, without training, the runs of `rows` among methods x datasets whose workdirs an
+    earlier invocation left under one of `roots` (its --workdir): for a metric added after they trained.
+    A workdir is taken for a row only if its checkpoint's KL(data || model) at T = 1 is the row's own (to
+    1e-6; the grid metrics are deterministic), so a later run of the same method and toy is never
+    mistaken for the row's. The row keeps its training provenance and gains 'evaluated' (commit, date)."""
+    from ebm_jax import api
+    for d in datasets:
+        for m in methods:
+            row = rows.get((m, d))
+            if row is None or "diverged" in row or "kl_data_model" not in row:
+                continue
+            found = False
+            for root in roots:
+                workdir = os.path.join(root, f"{m}_{d}")
+                if not os.path.exists(os.path.join(workdir, "eval_final.json")):
+                    continue
+                with open(os.path.join(workdir, "eval_final.json")) as f:
+                    final = json.load(f)
+                if (final.get("num_seeds", 1) != row["seeds"]
+                        or abs(final.get("kl_data_model", float("nan")) - row["kl_data_model"]) > 1e-6):
+                    continue
+                _, metrics = api.evaluate_checkpoint(workdir)
+                if abs(metrics["kl_data_model"] - row["kl_data_model"]) > 1e-6:
+                    raise SystemExit(f"{workdir}: evaluated again, KL {metrics['kl_data_model']:.6f} is not the "
+                                     f"{row['kl_data_model']:.6f} it recorded; the evaluation is not reproducible")
+                new = summarise(dict(method=m, dataset=d, spec=row["spec"], steps=row["steps"], seconds=row["seconds"],
+                                     final=metrics))
+                rows[(m, d)] = {**row, **new, "evaluated": {k: v for k, v in provenance().items() if k != "backend"}}
+                write_json(json_path, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
+                print(f"{m:>9} {d:>12}: evaluated again from {workdir}", flush=True)
+                found = True
+                break
+            if not found:
+                print(f"{m:>9} {d:>12}: none of the {len(roots)} folders given holds this row's run", flush=True)
 
 
 def provenance():
@@ -264,12 +309,12 @@ def fmt(s, k, digits=3):
     return f"{s[k]:.{digits}f} +- {s[k + ':std']:.{digits}f}"
 
 
-def best_ml(rows, dataset):
-    """The exact-maximum-likelihood run ('mle', 'mle_grid' or 'mle@NET') with the lowest mean KL on
+def best_ml(rows, dataset, key="kl_data_model"):
+    """The exact-maximum-likelihood run ('mle', 'mle_grid' or 'mle@NET') with the lowest mean KL (`key`) on
     `dataset`: the ceiling the targets are judged against, as every such run is a density some energy
     network reached."""
-    found = [r for r in rows if r["dataset"] == dataset and r["method"].startswith("mle") and "kl_data_model" in r]
-    return min(found, key=lambda r: r["kl_data_model"]) if found else None
+    found = [r for r in rows if r["dataset"] == dataset and r["method"].startswith("mle") and key in r]
+    return min(found, key=lambda r: r[key]) if found else None
 
 
 def ceiling_label(method):
@@ -278,21 +323,22 @@ def ceiling_label(method):
     return {"mle": "default", "mle_grid": "default, grid"}.get(method, method.partition("@")[2])
 
 
-def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False):
-    """Markdown lines: a toy x method matrix of KL mean +- std (the runs `by` holds; empty where none), with
-    best=True a first column of the best exact-ML run of the toy (best_ml) and its network."""
-    methods = [m for m in methods if any((d, m) in by for d in datasets)]
-    datasets = [d for d in datasets if any((d, m) in by for m in methods)]
-    bests = {d: best_ml(by.values(), d) for d in datasets} if best else {}
+def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False, key="kl_data_model"):
+    """Markdown lines: a toy x method matrix of KL (`key`) mean +- std (the runs `by` holds; empty where
+    none), with best=True a first column of the best exact-ML run of the toy (best_ml) and its network."""
+    has = lambda d, m: (d, m) in by and (key in by[(d, m)] or "diverged" in by[(d, m)])  # noqa: E731
+    methods = [m for m in methods if any(has(d, m) for d in datasets)]
+    datasets = [d for d in datasets if any(has(d, m) for m in methods)]
+    bests = {d: best_ml(by.values(), d, key) for d in datasets} if best else {}
     best = any(b is not None for b in bests.values())   # no column without an ML run
     head = ["best ML (network)"] if best else []
     lines = [f"| {title} | " + " | ".join(head + methods) + " |", "| --- |" + " --- |" * (len(head) + len(methods))]
     for d in datasets:
-        cells = [(fmt(by[(d, m)], "kl_data_model", 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
+        cells = [(fmt(by[(d, m)], key, 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
                  for m in methods]
         if best:
             b = bests[d]
-            cells = [f"{b['kl_data_model']:.2f} ({ceiling_label(b['method'])})" if b else ""] + cells
+            cells = [f"{b[key]:.2f} ({ceiling_label(b['method'])})" if b else ""] + cells
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     return lines
 
@@ -302,6 +348,8 @@ def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
     methods' own networks where they ran, then every column per run, then where each figure came from."""
     by = {(s["dataset"], s["method"]): s for s in summary}
     lines = kl_matrix(by, methods, datasets, best=True)
+    if any("fitted/kl_data_model" in s for s in summary):   # the runs evaluated with a fitted temperature
+        lines += [""] + kl_matrix(by, methods, datasets, "KL at the fitted 1/T", best=True, key="fitted/kl_data_model")
     if any(m in ceilings for _, m in by):
         lines += [""] + kl_matrix(by, ceilings, datasets, "exact ML of the network of")
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
@@ -313,6 +361,11 @@ def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
         made.setdefault(key, set()).add(s.get("commit", ""))
     lines += [""] + [f"Measured with {b}, {t}: {n} seeds, steps x {k:g}; commits {', '.join(sorted(c))} (each row's "
                      "in the JSON)." for (b, t, n, k), c in sorted(made.items())]
+    again = [s["evaluated"] for s in summary if "evaluated" in s]
+    if again:
+        lines.append(f"{len(again)} of the rows evaluated again from their checkpoints (--reevaluate) at commits "
+                     f"{', '.join(sorted({e.get('commit', '') for e in again}))}, "
+                     f"{', '.join(sorted({e.get('date', '') for e in again}))}.")
     return "\n".join(lines) + "\n"
 
 
@@ -327,6 +380,9 @@ def main():
                         "network by exact maximum likelihood (runs named mle@NET, configs/mle.py:TOY,net=NET)")
     parser.add_argument("--workdir", default="", help="where the runs go (default: a temporary directory)")
     parser.add_argument("--rerun", action="store_true", help="repeat runs that --json already holds")
+    parser.add_argument("--reevaluate", nargs="+", default=None, metavar="DIR", help="train nothing: evaluate "
+                        "again the runs --json holds (among --methods x --datasets) from their workdirs under these "
+                        "earlier --workdir folders, for a metric added since")
     parser.add_argument("--report", action="store_true", help="train nothing: the table, Markdown and picture "
                         "of the runs --json holds")
     parser.add_argument("--temperatures", action="store_true", help="also print KL(data || model) of seed 0's "
@@ -363,6 +419,9 @@ def main():
 
     if args.ceilings:
         methods = methods + [c for c in dict.fromkeys(f"mle@{NETWORK_OF[m]}" for m in methods if m in NETWORK_OF)]
+    if args.reevaluate:
+        reevaluate(rows, methods, datasets, args.reevaluate, args.json)
+        args.report = True
     for d in datasets:
         for m in methods:
             if args.report or (same_run(rows.get((m, d))) and not args.rerun):
@@ -433,7 +492,8 @@ def summary_table(summary, references=None):
     references = list(summary if references is None else references)
     kl = {(s["dataset"], s["method"]): s["kl_data_model"] for s in references if "kl_data_model" in s}
     best = {d: best_ml(references, d) for d in {s["dataset"] for s in summary}}
-    columns = ["toy", "method", "KL(data||model)", "- best ML", "- own net", "held-out NLL", "modes gen", "HQ gen",
+    columns = ["toy", "method", "KL(data||model)", "- best ML", "- own net", "KL fitted T", "1/T fitted",
+               "held-out NLL", "modes gen", "HQ gen",
                "modes MCMC", "HQ MCMC", "mode-freq KL gen", "KDE KL gen", "KDE KL MCMC", "KDE KL data", "wall s"]
     table = []
 
@@ -446,7 +506,8 @@ def summary_table(summary, references=None):
         values = [s["dataset"], s["method"], fmt(s, "kl_data_model") or diverged_text(s),
                   gap(s, b["method"]) if b is not None else "",
                   gap(s, f"mle@{NETWORK_OF[s['method']]}") if s["method"] in NETWORK_OF else "",
-                  fmt(s, "test_nll"), fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
+                  fmt(s, "fitted/kl_data_model"), fmt(s, "fitted/inverse_temperature", 2), fmt(s, "test_nll"),
+                  fmt(s, "generator/modes_covered", 1), fmt(s, "generator/high_quality_fraction", 2),
                   fmt(s, "mcmc/modes_covered", 1), fmt(s, "mcmc/high_quality_fraction", 2),
                   fmt(s, "generator/mode_frequency_kl"), fmt(s, "generator/kl_data_kde", 2),
                   fmt(s, "mcmc/kl_data_kde", 2), (f"{s['data/kl_data_kde']:.2f}" if "data/kl_data_kde" in s else ""), f"{s['seconds']:.0f}"]

@@ -39,6 +39,10 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert md[0] == "| KL(data \\|\\| model) | best ML (network) | mle | steincd |"
     kl = {m: f"{r['kl_data_model']:.2f} +- {r['kl_data_model:std']:.2f}" for m, r in rows.items()}
     assert md[2] == f"| sevenaniso | {rows['mle']['kl_data_model']:.2f} (default) | {kl['mle']} | {kl['steincd']} |"
+    # then the same matrix at the temperature each seed's energy was fitted to on its training points
+    assert md[4] == "| KL at the fitted 1/T | best ML (network) | mle | steincd |"
+    fit = {m: f"{r['fitted/kl_data_model']:.2f} +- {r['fitted/kl_data_model:std']:.2f}" for m, r in rows.items()}
+    assert md[6].endswith(f"| {fit['mle']} | {fit['steincd']} |") and len(rows["mle"]["per_seed_fitted_kl"]) == 2
     # an invocation for a part (here one method, already run) still writes every run to the Markdown
     out = run(tmp_path, "steincd")
     assert ": KL" not in out
@@ -57,6 +61,19 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     line = next(x for x in out.splitlines() if x.startswith("sevenaniso") and x.split()[1] == "mle" and "+-" not in x)
     assert float(line.split()[2 + 3]) == pytest.approx(np.sum(p * np.log(p / q)), abs=0.01)
     assert json.load(open(tmp_path / "r.json"))["rows"] == sorted(rows.values(), key=lambda r: r["method"])
+    # --reevaluate restores a metric a row lacks from the run's checkpoint, and takes no workdir whose
+    # run is not the row's (here steincd's row claims another KL than its workdir's run)
+    edited = {**rows["mle"]}
+    for k in ("fitted/kl_data_model", "fitted/kl_data_model:std", "per_seed_fitted_kl"):
+        del edited[k]
+    wrong = {**rows["steincd"], "kl_data_model": rows["steincd"]["kl_data_model"] + 0.5}
+    json.dump({"rows": [edited, wrong]}, open(tmp_path / "r.json", "w"))
+    out = run(tmp_path, "mle", "steincd", "--reevaluate", str(tmp_path / "runs"))
+    assert "mle   sevenaniso: evaluated again" in out and "steincd   sevenaniso: none of the 1 folders given holds" in out and ": KL" not in out
+    again = {r["method"]: r for r in json.load(open(tmp_path / "r.json"))["rows"]}
+    assert again["steincd"] == wrong and again["mle"]["evaluated"]["commit"]
+    for k in ("fitted/kl_data_model", "fitted/inverse_temperature", "per_seed_fitted_kl", "kl_data_model", "test_nll"):
+        assert again["mle"][k] == pytest.approx(rows["mle"][k], abs=1e-9)
 
 
 def test_set_trains_a_changed_config_into_its_own_results_file(tmp_path):

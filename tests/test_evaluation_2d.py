@@ -360,6 +360,48 @@ def test_evaluate_2d_on_gaussians_against_closed_forms(grid_extent):
     assert np.sum(np.exp(log_p)) * 0.02 ** 2 == pytest.approx(1.0, abs=1e-9)
 
 
+def test_fitted_temperature_is_the_maximum_likelihood_scale_of_the_training_points():
+    """E(x) = a ||x||^2 / 2 + c makes exp(-beta E)/Z_beta = N(0, I / (a beta)), whose maximum-likelihood
+    variance on the training points is mean ||x||^2 / 2: beta = 2 / (a mean ||x||^2). The training and
+    held-out points come from different widths, so a fit on the held-out split would miss; the KL and
+    the held-out NLL at the fitted beta have closed forms, and T = 1 (a too flat energy) is far worse."""
+    import ml_collections
+    from ebm_jax.data.datasets import Dataset
+    from ebm_jax.data.toys import ToySpec
+    from ebm_jax.evaluation.toy2d import evaluate_2d
+
+    s_data, s_test, a, c = 0.4, 0.6, 0.8, -3.0
+    toy = ToySpec(sample=lambda rng, n: (s_data * rng.standard_normal((n, 2))).astype(np.float32),
+                  log_density=lambda x: (-0.5 * np.sum(np.asarray(x, np.float64) ** 2, axis=1) / s_data ** 2
+                                         - np.log(2 * np.pi * s_data ** 2)))
+    rng = np.random.default_rng(3)
+    train = (s_data * rng.standard_normal((4000, 2))).astype(np.float32)
+    test = (s_test * rng.standard_normal((700, 2))).astype(np.float32)
+    dataset = Dataset("gaussian", train, test, 0, toy=toy, extent=2.0)
+    cfg = ml_collections.ConfigDict({"grid_size": 200, "mode_min_count": 5, "grid_extent": 0.0})
+    metrics, _ = evaluate_2d(lambda x: 0.5 * a * jnp.sum(x ** 2, axis=1) + c, dataset, cfg)
+
+    v = np.mean(np.sum(train.astype(np.float64) ** 2, axis=1)) / 2.0   # the fitted per-axis variance
+    assert metrics["fitted/inverse_temperature"] == pytest.approx(1.0 / (a * v), rel=1e-3)
+    cov = lambda var: var * np.eye(2)  # noqa: E731
+    assert metrics["fitted/kl_data_model"] == pytest.approx(gaussian_kl(np.zeros(2), cov(s_data ** 2), np.zeros(2), cov(v)), abs=2e-4)
+    nll = np.mean(np.sum(test.astype(np.float64) ** 2, axis=1)) / (2 * v) + np.log(2 * np.pi * v)
+    assert metrics["fitted/test_nll"] == pytest.approx(nll, abs=2e-4)
+    # (at T = 1 the model's std is 1.1, and the metric grid [-4, 4]^2 cuts ~1e-3 of its mass off)
+    assert metrics["kl_data_model"] == pytest.approx(gaussian_kl(np.zeros(2), cov(s_data ** 2), np.zeros(2), cov(1 / a)), abs=2e-3)
+    assert metrics["kl_data_model"] > 0.5 > 0.01 > metrics["fitted/kl_data_model"]
+
+
+def test_fitted_temperature_stays_within_its_bounds():
+    """An energy that does not depend on x has a flat log-likelihood in beta: the fit returns the lower
+    bound rather than wandering; one whose data sit on its maxima wants beta -> 0 as well."""
+    from ebm_jax.evaluation.toy2d import INVERSE_TEMPERATURE_RANGE, fit_inverse_temperature
+    grid = np.linspace(0.0, 5.0, 101)
+    assert fit_inverse_temperature(np.zeros(50), np.zeros(10)) == INVERSE_TEMPERATURE_RANGE[0]
+    assert fit_inverse_temperature(grid, np.full(10, 5.0)) == INVERSE_TEMPERATURE_RANGE[0]
+    assert fit_inverse_temperature(grid, np.zeros(10)) == INVERSE_TEMPERATURE_RANGE[1]
+
+
 def test_evaluate_2d_reverse_kl_only_where_the_data_density_has_no_holes():
     """The checkerboard's density is 0 on half the square: KL(model || data) would be infinite, so it is
     not reported; KL(data || model) still is."""

@@ -18,6 +18,10 @@ With it:
   * KL(p_data || KDE of the samples) (`generator/kl_data_kde`, `mcmc/kl_data_kde`): how good a density
     the sampler is, beside how good one the energy is, and `data/kl_data_kde`, the same for as many
     fresh data draws (what a perfect sampler would score with that many samples);
+  * `fitted/inverse_temperature`: the 1/T that maximises the likelihood of (up to 16,384) training points
+    under exp(-E/T)/Z_T, the energy held fixed, and `fitted/kl_data_model`, `fitted/test_nll` at it: an
+    energy with its wells in the right places but too shallow (1/T > 1) or too steep (1/T < 1) scores
+    much better there than at T = 1, one with misplaced wells does not;
   * for Gaussian mixtures, each sample is assigned to its nearest centre; it is high quality if it is
     within 3 standard deviations of that centre, and a mode is covered if it receives at least
     `min_count` high-quality samples.
@@ -56,6 +60,39 @@ def grid_log_density(energy_fn: Callable, extent: float, size: int, temperature:
     neg = -batched(energy_fn, pts).astype(np.float64) / temperature
     log_z = _logsumexp(neg) + np.log(area)
     return (neg - log_z).reshape(size, size), float(log_z)
+
+
+FIT_TEMPERATURE_POINTS = 16384   # training points the fitted temperature is computed on
+INVERSE_TEMPERATURE_RANGE = (0.05, 20.0)
+
+
+def fit_inverse_temperature(grid_energy: np.ndarray, data_energy: np.ndarray,
+                            bounds=INVERSE_TEMPERATURE_RANGE) -> float:
+    """The beta = 1/T maximising the mean log-likelihood of the points whose energies are `data_energy`
+    under p_beta(x) = exp(-beta E(x)) / Z_beta, Z_beta the Riemann sum of exp(-beta E) over the grid:
+    exact maximum likelihood of the energy's one free scale, with the energy itself fixed.
+
+    NLL(beta) = beta mean E(data) + log Z_beta is convex in beta (log Z_beta is a cumulant generating
+    function of -E), with derivative mean E(data) - E_{p_beta}[E], increasing in beta, so the optimum is
+    the root of that derivative, found by bisection in log beta within `bounds` (or the bound it lies
+    beyond)."""
+    e = np.asarray(grid_energy, np.float64).ravel()
+    target = float(np.mean(np.asarray(data_energy, np.float64)))
+
+    def slope(beta):   # d NLL / d beta = mean E(data) - E_{p_beta}[E]
+        a = -beta * e
+        w = np.exp(a - np.max(a))
+        return target - float(np.sum(w * e) / np.sum(w))
+
+    lo, hi = np.log(bounds[0]), np.log(bounds[1])
+    if slope(np.exp(lo)) >= 0.0:
+        return float(bounds[0])
+    if slope(np.exp(hi)) <= 0.0:
+        return float(bounds[1])
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if slope(np.exp(mid)) < 0.0 else (lo, mid)
+    return float(np.exp(0.5 * (lo + hi)))
 
 
 def kl_on_grid(log_p_data: np.ndarray, log_p_model: np.ndarray) -> float:
@@ -149,20 +186,36 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
     """
     extent, size = float(dataset.extent), int(eval_config.grid_size)
     r, n = metric_grid(extent, size, float(eval_config.get("grid_extent", 0.0)))
-    log_p_big, log_z = grid_log_density(energy_fn, r, n, temperature)
-    axis, pts, _ = grid_points(r, n)
+    axis, pts, area = grid_points(r, n)
+    grid_energy = batched(energy_fn, pts).astype(np.float64)
+
+    def log_density(beta):   # (log p_beta on the metric grid as an (n, n) image, log Z_beta)
+        neg = -beta * grid_energy
+        log_z = _logsumexp(neg) + np.log(area)
+        return (neg - log_z).reshape(n, n), float(log_z)
+
+    log_p_big, log_z = log_density(1.0 / temperature)
     inside = (np.abs(pts[:, 0]) < extent) & (np.abs(pts[:, 1]) < extent)
     edge = (np.abs(pts[:, 0]) > 0.9 * r) | (np.abs(pts[:, 1]) > 0.9 * r)
     mass = np.exp(log_p_big.ravel() - _logsumexp(log_p_big.ravel()))
+    test_energy = float(np.mean(batched(energy_fn, dataset.test)))
     metrics = {"log_partition": log_z,
-               "test_nll": float(np.mean(batched(energy_fn, dataset.test)) / temperature + log_z),
+               "test_nll": test_energy / temperature + log_z,
                "density/mass_outside_square": float(np.sum(mass[~inside])),
                "density/mass_at_grid_edge": float(np.sum(mass[edge]))}
+    # The energy's scale fitted by maximum likelihood on training points (never the held-out split or
+    # the exact density): the density exp(-E/T_fit)/Z, reported beside T = 1, separates an energy
+    # whose wells are in the right places but too shallow or too deep from one whose wells are wrong.
+    beta = fit_inverse_temperature(grid_energy, batched(energy_fn, dataset.train[:FIT_TEMPERATURE_POINTS]))
+    log_p_fit, log_z_fit = log_density(beta)
+    metrics["fitted/inverse_temperature"] = beta
+    metrics["fitted/test_nll"] = beta * test_energy + log_z_fit
     toy = dataset.toy
     if toy is not None:
         exact = toy.log_density is not None
         log_p_data = toy.log_density(pts).reshape(n, n) if exact else histogram_log_density(toy.sample, r, n)
         metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
+        metrics["fitted/kl_data_model"] = kl_on_grid(log_p_data, log_p_fit)
         if exact and np.all(np.isfinite(log_p_data)):
             metrics["kl_model_data"] = kl_on_grid(log_p_big, log_p_data)
         kinds = [k for k in ("generator", "mcmc") if k in (samples or {})]
