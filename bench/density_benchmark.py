@@ -67,8 +67,8 @@ CEILINGS = tuple(f"mle@{n}" for n in dict.fromkeys(NETWORK_OF.values()))
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
 METRICS = ("kl_data_model", "fitted/kl_data_model", "fitted/inverse_temperature", "test_nll",
-           "generator/modes_covered", "generator/high_quality_fraction", "mcmc/modes_covered", "mcmc/high_quality_fraction", "generator/mode_frequency_kl",
-           "generator/kl_data_kde", "mcmc/kl_data_kde", "data/kl_data_kde")
+           "generator/modes_covered", "generator/high_quality_fraction", "mcmc/modes_covered",
+           "mcmc/high_quality_fraction", "generator/mode_frequency_kl", "generator/kl_data_kde", "mcmc/kl_data_kde", "data/kl_data_kde")
 
 
 def parse_settings(items):

@@ -145,10 +145,10 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         #  * batches of 512 instead of 256: more SVGD particles for the narrow modes and a less noisy
         #    contrastive update. Better on every toy (25g / 8g / sevenaniso / bands / swiss roll /
         #    checkerboard / two spirals / four spin: 1.05 -> 0.91, 1.11 -> 0.82, 0.29 -> 0.20,
-        #    0.34 -> 0.20, 0.38 -> 0.26, 0.41 -> 0.36, 0.21 -> 0.14, 0.33 -> 0.23), at 2 to 2.2 times the
-        #    CPU time per iteration. 1,024 on 25g / 8g / sevenaniso / bands: 0.90 / 0.81 / 0.175 / 0.173 at
+        #    0.34 -> 0.20, 0.38 -> 0.26, 0.41 -> 0.36, 0.21 -> 0.14, 0.33 -> 0.23), at 1.8 to 2.2 times
+        #    the CPU time per toy. 1,024 on 25g / 8g / sevenaniso / bands: 0.90 / 0.81 / 0.175 / 0.173 at
         #    T = 1, but at the fitted temperature worse on three (0.71 / 0.63 / 0.075 / 0.131 against
-        #    0.57 / 0.49 / 0.099 / 0.095), at 2.5 times the time.
+        #    0.57 / 0.49 / 0.099 / 0.095), at 2.4 to 2.6 times the time.
         # 20,000 iterations instead of 10,000 (at batch 256) gave 0.28 against 0.29. The energy is still
         # too flat: the temperature fitted to the training points is 1/T = 1.4 to 2.2 on every toy
         # (`fitted/inverse_temperature`; the regulariser pulls the energies towards 0).

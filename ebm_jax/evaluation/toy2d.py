@@ -57,9 +57,16 @@ def _logsumexp(a):
 def grid_log_density(energy_fn: Callable, extent: float, size: int, temperature: float = 1.0):
     """(log p on the grid as a (size, size) image, log Z) with p normalised over the grid."""
     _, pts, area = grid_points(extent, size)
-    neg = -batched(energy_fn, pts).astype(np.float64) / temperature
+    return normalised_on_grid(batched(energy_fn, pts), area, 1.0 / temperature)
+
+
+def normalised_on_grid(grid_energy: np.ndarray, area: float, beta: float = 1.0):
+    """(log p as a square image, log Z) of p = exp(-beta E) / Z from the energies at a square grid's cell
+    centres (row-major, as grid_points), Z their Riemann sum with cells of `area`."""
+    neg = -beta * np.asarray(grid_energy, np.float64)
     log_z = _logsumexp(neg) + np.log(area)
-    return (neg - log_z).reshape(size, size), float(log_z)
+    n = int(round(np.sqrt(neg.size)))
+    return (neg - log_z).reshape(n, n), float(log_z)
 
 
 FIT_TEMPERATURE_POINTS = 16384   # training points the fitted temperature is computed on
@@ -186,15 +193,9 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
     """
     extent, size = float(dataset.extent), int(eval_config.grid_size)
     r, n = metric_grid(extent, size, float(eval_config.get("grid_extent", 0.0)))
-    axis, pts, area = grid_points(r, n)
-    grid_energy = batched(energy_fn, pts).astype(np.float64)
-
-    def log_density(beta):   # (log p_beta on the metric grid as an (n, n) image, log Z_beta)
-        neg = -beta * grid_energy
-        log_z = _logsumexp(neg) + np.log(area)
-        return (neg - log_z).reshape(n, n), float(log_z)
-
-    log_p_big, log_z = log_density(1.0 / temperature)
+    _, pts, area = grid_points(r, n)
+    grid_energy = batched(energy_fn, pts)   # once: the density at T = 1 and at the fitted T both use it
+    log_p_big, log_z = normalised_on_grid(grid_energy, area, 1.0 / temperature)
     inside = (np.abs(pts[:, 0]) < extent) & (np.abs(pts[:, 1]) < extent)
     edge = (np.abs(pts[:, 0]) > 0.9 * r) | (np.abs(pts[:, 1]) > 0.9 * r)
     mass = np.exp(log_p_big.ravel() - _logsumexp(log_p_big.ravel()))
@@ -207,7 +208,7 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
     # the exact density): the density exp(-E/T_fit)/Z, reported beside T = 1, separates an energy
     # whose wells are in the right places but too shallow or too deep from one whose wells are wrong.
     beta = fit_inverse_temperature(grid_energy, batched(energy_fn, dataset.train[:FIT_TEMPERATURE_POINTS]))
-    log_p_fit, log_z_fit = log_density(beta)
+    log_p_fit, log_z_fit = normalised_on_grid(grid_energy, area, beta)
     metrics["fitted/inverse_temperature"] = beta
     metrics["fitted/test_nll"] = beta * test_energy + log_z_fit
     toy = dataset.toy
