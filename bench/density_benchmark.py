@@ -67,6 +67,8 @@ CEILINGS = tuple(f"mle@{n}" for n in dict.fromkeys(NETWORK_OF.values()))
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
 METRICS = ("kl_data_model", "fitted/kl_data_model", "fitted/inverse_temperature", "test_nll",
+           "kl_off_modes", "kl_among_modes", "kl_within_modes", "fitted/kl_off_modes", "fitted/kl_among_modes",
+           "fitted/kl_within_modes",
            "generator/modes_covered", "generator/high_quality_fraction", "mcmc/modes_covered",
            "mcmc/high_quality_fraction", "generator/mode_frequency_kl", "generator/kl_data_kde", "mcmc/kl_data_kde", "data/kl_data_kde")
 
@@ -343,6 +345,22 @@ def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False, 
     return lines
 
 
+def split_matrix(by, methods, datasets, prefix=""):
+    """Markdown lines: on the mixtures, each run's KL split into its mass off the components, its mass
+    among them and its shape within them (toy2d.kl_split_by_region), means over the seeds, 'off + among +
+    within'."""
+    keys = [prefix + k for k in ("kl_off_modes", "kl_among_modes", "kl_within_modes")]
+    has = lambda d, m: keys[0] in by.get((d, m), {})  # noqa: E731
+    methods = [m for m in methods if any(has(d, m) for d in datasets)]
+    datasets = [d for d in datasets if any(has(d, m) for m in methods)]
+    title = "off + among + within" + (" at the fitted 1/T" if prefix else ", T = 1")
+    lines = [f"| {title} | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
+    for d in datasets:
+        cells = [" + ".join(f"{by[(d, m)][k]:.2f}" for k in keys) if has(d, m) else "" for m in methods]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
     """KL mean +- std as a toy x method matrix (what the README shows), the same for the ceilings of the
     methods' own networks where they ran, then every column per run, then where each figure came from."""
@@ -352,6 +370,9 @@ def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
         lines += [""] + kl_matrix(by, methods, datasets, "KL at the fitted 1/T", best=True, key="fitted/kl_data_model")
     if any(m in ceilings for _, m in by):
         lines += [""] + kl_matrix(by, ceilings, datasets, "exact ML of the network of")
+    if any("kl_off_modes" in s for s in summary):   # the mixtures' runs evaluated with the split
+        for prefix in ("", "fitted/"):
+            lines += [""] + split_matrix(by, list(methods) + [m for m in ceilings if m not in methods], datasets, prefix)
     cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731  (a '|' inside a cell would end it)
     lines += ["", "| " + " | ".join(map(cell, columns)) + " |", "|" + " --- |" * len(columns)]
     lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in table]

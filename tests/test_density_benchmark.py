@@ -43,6 +43,15 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert md[4] == "| KL at the fitted 1/T | best ML (network) | mle | steincd |"
     fit = {m: f"{r['fitted/kl_data_model']:.2f} +- {r['fitted/kl_data_model:std']:.2f}" for m, r in rows.items()}
     assert md[6].endswith(f"| {fit['mle']} | {fit['steincd']} |") and len(rows["mle"]["per_seed_fitted_kl"]) == 2
+    # then, on a mixture, the KL split into the mass off and among the components and the shape within
+    # them (seed means, adding up to the KL), at T = 1 and at the fitted temperature
+    parts = lambda r, prefix="": [r[prefix + k] for k in ("kl_off_modes", "kl_among_modes", "kl_within_modes")]  # noqa: E731
+    assert md[8] == "| off + among + within, T = 1 | mle | steincd |"
+    assert md[10] == "| sevenaniso | " + " | ".join(" + ".join(f"{v:.2f}" for v in parts(rows[m])) for m in ("mle", "steincd")) + " |"
+    assert md[12] == "| off + among + within at the fitted 1/T | mle | steincd |"
+    for r in rows.values():
+        assert sum(parts(r)) == pytest.approx(r["kl_data_model"], abs=1e-6)
+        assert sum(parts(r, "fitted/")) == pytest.approx(r["fitted/kl_data_model"], abs=1e-6)
     # an invocation for a part (here one method, already run) still writes every run to the Markdown
     out = run(tmp_path, "steincd")
     assert ": KL" not in out

@@ -392,6 +392,66 @@ def test_fitted_temperature_is_the_maximum_likelihood_scale_of_the_training_poin
     assert metrics["kl_data_model"] > 0.5 > 0.01 > metrics["fitted/kl_data_model"]
 
 
+def test_kl_split_into_mass_off_and_among_the_components_and_shape():
+    """On sevenaniso, a model of the data's seven components at other weights w' is wrong only in its
+    mass per component: kl_among_modes is KL(w || w') written here from the weights alone, and
+    kl_off_modes and kl_within_modes are 0; with the data's weights and every component twice as wide it
+    puts mass off the components and is wrong in shape, not in its mass per component; the flat energy
+    of the uniform density on the square puts nearly all its mass off them. The three add up to the KL,
+    at T = 1 and at the fitted temperature."""
+    import ml_collections
+    from ebm_jax.data.datasets import Dataset
+    from ebm_jax.evaluation.toy2d import evaluate_2d
+
+    toy = get_toy("sevenaniso")
+    rng = np.random.default_rng(5)
+    dataset = Dataset("sevenaniso", toy.sample(rng, 3000), toy.sample(rng, 500), 0, toy=toy, extent=2.0)
+    cfg = ml_collections.ConfigDict({"grid_size": 200, "mode_min_count": 5, "grid_extent": 0.0})
+
+    def mixture_energy(weights, covs):
+        inv, log_det = np.linalg.inv(covs), np.log(np.linalg.det(covs))
+
+        def energy(x):
+            r = np.asarray(x, np.float64)[:, None, :] - toy.centers[None]
+            logs = np.log(weights)[None] - np.log(2 * np.pi) - 0.5 * log_det[None] - 0.5 * np.einsum("nki,kij,nkj->nk", r, inv, r)
+            m = logs.max(axis=1, keepdims=True)
+            return -(m[:, 0] + np.log(np.sum(np.exp(logs - m), axis=1)))
+        return energy
+
+    def split(metrics, prefix=""):
+        parts = [metrics[prefix + k] for k in ("kl_off_modes", "kl_among_modes", "kl_within_modes")]
+        assert sum(parts) == pytest.approx(metrics[prefix + "kl_data_model"], abs=1e-9)
+        return parts
+
+    w = toy.weights
+    w_model = np.array([7.0, 1, 6, 2, 5, 3, 4])
+    w_model = w_model / w_model.sum()
+    metrics, _ = evaluate_2d(mixture_energy(w_model, toy.covariances), dataset, cfg)
+    off, among, within = split(metrics)
+    split(metrics, "fitted/")
+    assert among == pytest.approx(np.sum(w * np.log(w / w_model)), abs=1e-3)
+    assert max(abs(off), abs(within)) < 1e-3 < 0.1 < among
+
+    off, among, within = split(*evaluate_2d(mixture_energy(w, 4.0 * toy.covariances), dataset, cfg)[:1])
+    assert off > 0.1 and within > 0.1 and abs(among) < 0.02
+
+    # the uniform density on the square: off is the KL between the data's mass on and off the components
+    # (1 - exp(-8), exp(-8)) and the share of the square within 4 stds of a component and outside them,
+    # counted here on the metric grid's 400 x 400 cells
+    metrics, _ = evaluate_2d(lambda x: np.where(np.all(np.abs(x) < 2.0, axis=1), 0.0, 50.0), dataset, cfg)
+    off, among, within = split(metrics)
+    axis = -4.0 + 0.02 * (np.arange(400) + 0.5)
+    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
+    pts = pts[np.all(np.abs(pts) < 2.0, axis=1)]
+    near = np.zeros(len(pts), bool)
+    for c, cov in zip(toy.centers, toy.covariances):
+        r = pts - c
+        near |= np.einsum("ni,ij,nj->n", r, np.linalg.inv(cov), r) < 16.0
+    p_off, q_on = np.exp(-8.0), near.mean()   # a 2-D Gaussian's mass beyond Mahalanobis distance 4: exp(-16 / 2)
+    assert off == pytest.approx((1 - p_off) * np.log((1 - p_off) / q_on) + p_off * np.log(p_off / (1 - q_on)), abs=2e-4)
+    assert off > 1.0 and within > 1.0
+
+
 def test_fitted_temperature_stays_within_its_bounds():
     """An energy that does not depend on x has a flat log-likelihood in beta: the fit returns the lower
     bound rather than wandering; one whose data sit on its maxima wants beta -> 0 as well."""

@@ -22,6 +22,10 @@ With it:
     under exp(-E/T)/Z_T, the energy held fixed, and `fitted/kl_data_model`, `fitted/test_nll` at it: an
     energy with its wells in the right places but too shallow (1/T > 1) or too steep (1/T < 1) scores
     much better there than at T = 1, one with misplaced wells does not;
+  * for mixtures, `kl_off_modes` + `kl_among_modes` + `kl_within_modes` = `kl_data_model` (and the same
+    under fitted/): the KL split by the chain rule over the components' regions (the cells within 4
+    stds of a centre) and the rest, into what the model's mass off the components, its wrong mass per
+    component and its wrong shape within them cost;
   * for Gaussian mixtures, each sample is assigned to its nearest centre; it is high quality if it is
     within 3 standard deviations of that centre, and a mode is covered if it receives at least
     `min_count` high-quality samples.
@@ -113,6 +117,58 @@ def kl_on_grid(log_p_data: np.ndarray, log_p_model: np.ndarray) -> float:
     return float(np.sum(pa[mask] * (a[mask] - b[mask])))
 
 
+MODE_REGION_STDS = 4.0   # a mixture component's region: the cells within this many (Mahalanobis) stds of its centre
+
+
+def component_distances(points: np.ndarray, centers: np.ndarray, std: Optional[float],
+                        covariances: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N, K) distances of the points to the K components in units of their stds: Euclidean over `std`,
+    or Mahalanobis where the components have covariances."""
+    r = np.asarray(points, np.float64)[:, None, :] - np.asarray(centers, np.float64)[None]
+    if covariances is None:
+        return np.sqrt(np.sum(r ** 2, axis=-1)) / std
+    return np.sqrt(np.einsum("nki,kij,nkj->nk", r, np.linalg.inv(covariances), r))
+
+
+def mode_regions(points: np.ndarray, centers: np.ndarray, std: Optional[float],
+                 covariances: Optional[np.ndarray] = None) -> np.ndarray:
+    """(N,) region of each point: the index of its nearest component (Mahalanobis distance where the
+    components have covariances) if within MODE_REGION_STDS of it, else -1 (the background)."""
+    d = component_distances(points, centers, std, covariances)
+    return np.where(np.min(d, axis=1) < MODE_REGION_STDS, np.argmin(d, axis=1), -1)
+
+
+def kl_split_by_region(log_p_data: np.ndarray, log_p_model: np.ndarray, regions: np.ndarray):
+    """KL(P_data || P_model) on the grid split by the chain rule over a partition of its cells into
+    regions 0, 1, ... (the components, from mode_regions) and -1 (the rest): returns
+    (off, among, within), which add up to the KL:
+      off    = KL between the two-cell distributions (mass on the regions >= 0, mass on -1): the model's
+               mass off the components;
+      among  = P(on) KL(P(.|on) || Q(.|on)) over the regions >= 0: how wrong its mass per component is;
+      within = sum over every region A of P(A) KL(P(.|A) || Q(.|A)): how wrong its shape within them is."""
+    a = log_p_data.ravel().astype(np.float64)
+    b = log_p_model.ravel().astype(np.float64)
+    a, b = a - _logsumexp(a), b - _logsumexp(b)
+    regions = np.asarray(regions).ravel()
+    log_p, log_q, within = {}, {}, 0.0
+    for region in np.unique(regions):
+        cells = regions == region
+        log_q[region] = _logsumexp(b[cells])
+        cells &= np.isfinite(a)
+        if not np.any(cells):
+            continue
+        log_p[region] = _logsumexp(a[cells])
+        within += float(np.sum(np.exp(a[cells]) * ((a[cells] - log_p[region]) - (b[cells] - log_q[region]))))
+    on = [r for r in log_p if r >= 0]
+    log_p_on = _logsumexp(np.array([log_p[r] for r in on])) if on else -np.inf
+    log_q_on = _logsumexp(np.array([log_q[r] for r in log_q if r >= 0])) if on else -np.inf
+    off = float(np.exp(log_p_on) * (log_p_on - log_q_on)) if on else 0.0
+    if -1 in log_p:
+        off += float(np.exp(log_p[-1]) * (log_p[-1] - log_q[-1]))
+    among = float(sum(np.exp(log_p[r]) * ((log_p[r] - log_p_on) - (log_q[r] - log_q_on)) for r in on))
+    return off, among, within
+
+
 def metric_grid(extent: float, size: int, grid_extent: float = 0.0):
     """(half-width R, points per side n) of the metric grid: R about grid_extent (0: 2 x extent), at the
     cell size of the picture's grid (2 extent / size) and with the picture's cells among its own, i.e.
@@ -166,12 +222,7 @@ def mode_metrics(samples: np.ndarray, centers: np.ndarray, std: Optional[float],
     covariances) and is high quality within 3 standard deviations of it; a mode is covered with
     `min_count` high-quality samples. With `weights`, mode_frequency_kl = KL(data weights || the
     high-quality samples' mode frequencies, add-one smoothed), in nats."""
-    samples = np.asarray(samples, np.float64)
-    r = samples[:, None, :] - centers[None]
-    if covariances is None:
-        d = np.sqrt(np.sum(r ** 2, axis=-1)) / std
-    else:
-        d = np.sqrt(np.einsum("nki,kij,nkj->nk", r, np.linalg.inv(covariances), r))
+    d = component_distances(samples, centers, std, covariances)
     nearest, dist = np.argmin(d, axis=1), np.min(d, axis=1)
     high_quality = dist < 3.0
     counts = np.bincount(nearest[high_quality], minlength=len(centers))
@@ -217,6 +268,12 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
         log_p_data = toy.log_density(pts).reshape(n, n) if exact else histogram_log_density(toy.sample, r, n)
         metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
         metrics["fitted/kl_data_model"] = kl_on_grid(log_p_data, log_p_fit)
+        if toy.centers is not None:   # a mixture: the KL split into wrong mass per component and wrong shape
+            regions = mode_regions(pts, toy.centers, toy.std, toy.covariances)
+            for prefix, log_q in (("", log_p_big), ("fitted/", log_p_fit)):
+                split = kl_split_by_region(log_p_data, log_q, regions)
+                for name, value in zip(("kl_off_modes", "kl_among_modes", "kl_within_modes"), split):
+                    metrics[prefix + name] = value
         if exact and np.all(np.isfinite(log_p_data)):
             metrics["kl_model_data"] = kl_on_grid(log_p_big, log_p_data)
         kinds = [k for k in ("generator", "mcmc") if k in (samples or {})]
