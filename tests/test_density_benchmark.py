@@ -191,3 +191,45 @@ def test_gaps_are_to_the_best_exact_likelihood_run_of_the_toy():
     assert table[0]["- best ML"] == "+0.812"
     md = bench.markdown_tables(rows, table, columns, ["mle", "mle_grid", "steingan"], ["bands"])
     assert md.splitlines()[2].startswith("| bands | 0.19 (default, grid) | 0.50 +- 0.00 | 0.19 +- 0.00 |")
+
+
+def test_mode_weights_of_a_steingan_run(tmp_path):
+    """bench/mode_weights.py: the energy's mass per component and the generator's mode frequencies of each
+    replica, against the same written here with numpy (the grid, the 4-std regions, nearest centres)."""
+    import jax
+    import numpy as np
+    import ebm_jax
+    from ebm_jax import configlib, train
+    from ebm_jax.data import get_toy
+    sys.path.insert(0, os.path.join(REPO, "bench"))
+    import mode_weights
+
+    config = configlib.load_config(os.path.join(REPO, "configs", "steingan.py") + ":8gaussians")
+    for key, value in {"data.batch_size": 32, "data.num_train": 2000, "data.num_test": 500, "train.num_steps": 4,
+                       "train.num_seeds": 2, "train.progress_bar": False, "eval.grid_size": 40,
+                       "eval.num_samples": 100, "model.energy.hidden": (16, 16)}.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    train.train_and_evaluate(config, str(tmp_path))
+    model = ebm_jax.load(str(tmp_path), seed=1)
+    w, q, g = mode_weights.mode_weights(model, 500, jax.random.PRNGKey(3))
+
+    toy = get_toy("8gaussians")
+    axis = -4.0 + 0.1 * (np.arange(80) + 0.5)   # the metric grid: twice the square [-2, 2]^2, cells of 4 / 40
+    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
+    e = np.asarray(model.energy(pts), np.float64)
+    dist = np.linalg.norm(pts[:, None, :] - toy.centers[None], axis=-1) / toy.std
+    mass = np.exp(-(e - e.min()))
+    want_q = np.array([mass[(dist.argmin(1) == k) & (dist.min(1) < 4.0)].sum() for k in range(8)])
+    x = np.asarray(model.sample(jax.random.PRNGKey(3), 500))
+    want_g = np.bincount(np.linalg.norm(x[:, None, :] - toy.centers[None], axis=-1).argmin(1), minlength=8) / 500
+    np.testing.assert_allclose(q, want_q / want_q.sum(), rtol=1e-5)
+    np.testing.assert_allclose(g, want_g)
+    np.testing.assert_allclose(w, np.full(8, 0.125))
+    out = subprocess.run([sys.executable, os.path.join(REPO, "bench", "mode_weights.py"), str(tmp_path), "--samples", "200"],
+                         capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "seed 0: corr(log Q/w, log g/w)" in out.stdout and "seed 1: corr" in out.stdout
