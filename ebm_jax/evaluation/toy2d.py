@@ -268,7 +268,7 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
         log_p_data = toy.log_density(pts).reshape(n, n) if exact else histogram_log_density(toy.sample, r, n)
         metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
         metrics["fitted/kl_data_model"] = kl_on_grid(log_p_data, log_p_fit)
-        if toy.centers is not None:   # a mixture: the KL split into wrong mass per component and wrong shape
+        if toy.centers is not None:   # a mixture: the KL split into mass off, among and within the components
             regions = mode_regions(pts, toy.centers, toy.std, toy.covariances)
             for prefix, log_q in (("", log_p_big), ("fitted/", log_p_fit)):
                 split = kl_split_by_region(log_p_data, log_q, regions)
