@@ -7,10 +7,12 @@ Du & Mordatch's recipe on the toys' scale: a buffer of 10,000 samples, 5% of eac
 uniform noise on [-2, 2]^2 (the toys' square), the energy regulariser alpha (E(x+)^2 + E(x-)^2) with
 alpha = 0.1 (their images use 1). Not given there for 2-D data and chosen here: 40 Langevin steps of
 size 1e-4 (with the proper sqrt(2a) noise; the mode width of 25-Gaussians is 0.018), Adam(1e-3, 0.9,
-0.999) decaying to 0 on a cosine over 5,000 iterations, the 3x128 energy of the other toy configs.
+0.999) decaying to 0 on a cosine over 5,000 iterations, the 3x128 energy of the other toy configs plus
+the Stein toys' 0.5 ||x||^2 base measure (reason below; mean KL over the eight benchmark toys 0.69 -> 0.48).
 5,000 iterations with the cosine instead of 20,000 at a constant rate: a quarter of the cost (40
 Langevin steps an iteration make PCD the dearest toy method, 43 minutes for 3 seeds of 25-Gaussians at
-20,000 here) for KL(data || model) 0.200 +- 0.013 on sevenaniso (3 seeds; docs/methods/references.md).
+20,000 here) for KL(data || model) 0.200 +- 0.013 on sevenaniso (3 seeds, before the base measure;
+0.188 +- 0.015 with it; docs/methods/references.md).
 """
 from ebm_jax import configlib as common
 from ebm_jax.data.toys import TOYS
