@@ -23,6 +23,7 @@ import numpy as np  # noqa: E402
 import ebm_jax  # noqa: E402
 from ebm_jax.data import TOY_EXTENT, get_toy  # noqa: E402
 from ebm_jax.evaluation import toy2d  # noqa: E402
+from ebm_jax.state import num_seeds  # noqa: E402
 
 
 def mode_weights(model, num_samples: int, key):
@@ -39,7 +40,7 @@ def mode_weights(model, num_samples: int, key):
     regions = toy2d.mode_regions(pts, toy.centers, toy.std, toy.covariances)
     neg = -toy2d.batched(lambda x: np.asarray(model.energy(x)), pts).astype(np.float64)
     mass = np.exp(neg - neg.max())
-    q = np.array([mass[regions == k].sum() for k in range(len(toy.centers))])
+    q = np.bincount(regions[regions >= 0], weights=mass[regions >= 0], minlength=len(toy.centers))
     x = np.asarray(model.sample(key, num_samples), np.float64)
     nearest = np.argmin(toy2d.component_distances(x, toy.centers, toy.std, toy.covariances), axis=1)
     g = np.bincount(nearest, minlength=len(toy.centers)) / len(x)
@@ -52,10 +53,11 @@ def main():
     parser.add_argument("--samples", type=int, default=20000, help="generator samples per replica")
     args = parser.parse_args()
     for workdir in args.workdirs:
-        seeds = int(ebm_jax.load(workdir).config.train.get("num_seeds", 1))
+        model = ebm_jax.load(workdir)
         print(workdir)
-        for s in range(seeds):
-            w, q, g = mode_weights(ebm_jax.load(workdir, seed=s), args.samples, jax.random.PRNGKey(s))
+        for s in range(num_seeds(model.config)):
+            model = model if s == 0 else ebm_jax.load(workdir, seed=s)
+            w, q, g = mode_weights(model, args.samples, jax.random.PRNGKey(s))
             with np.errstate(divide="ignore"):
                 corr = np.corrcoef(np.log(q / w), np.log(g / w))[0, 1]
                 kl_q, kl_g = np.sum(w * np.log(w / q)), np.sum(w * np.log(w / g))

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, apply_overrides
 
 SCRIPT = os.path.join(REPO, "bench", "density_benchmark.py")
 
@@ -204,15 +204,10 @@ def test_mode_weights_of_a_steingan_run(tmp_path):
     sys.path.insert(0, os.path.join(REPO, "bench"))
     import mode_weights
 
-    config = configlib.load_config(os.path.join(REPO, "configs", "steingan.py") + ":8gaussians")
-    for key, value in {"data.batch_size": 32, "data.num_train": 2000, "data.num_test": 500, "train.num_steps": 4,
-                       "train.num_seeds": 2, "train.progress_bar": False, "eval.grid_size": 40,
-                       "eval.num_samples": 100, "model.energy.hidden": (16, 16)}.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+    config = apply_overrides(configlib.load_config(os.path.join(REPO, "configs", "steingan.py") + ":8gaussians"),
+                             {"data.batch_size": 32, "data.num_train": 2000, "data.num_test": 500, "train.num_steps": 4,
+                              "train.num_seeds": 2, "train.progress_bar": False, "eval.grid_size": 40,
+                              "eval.num_samples": 100, "model.energy.hidden": (16, 16)})
     train.train_and_evaluate(config, str(tmp_path))
     model = ebm_jax.load(str(tmp_path), seed=1)
     w, q, g = mode_weights.mode_weights(model, 500, jax.random.PRNGKey(3))
