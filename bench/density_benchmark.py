@@ -4,7 +4,7 @@
     python bench/density_benchmark.py --quick         # a subset at a tenth of the iterations (a few minutes)
     python bench/density_benchmark.py --methods mle meg --datasets sevenaniso bands --seeds 5
     python bench/density_benchmark.py --report        # train nothing: tables and picture of the runs so far
-    python bench/density_benchmark.py --report --temperatures   # and each run's KL at other temperatures
+    python bench/density_benchmark.py --scan-temperatures /tmp/density_benchmark_*   # KL by 1/T, no training
     python bench/density_benchmark.py --methods ddgm --set method.penalty_weight=0.01 --json /tmp/sweep.json
     python bench/density_benchmark.py --reevaluate /tmp/density_benchmark_*   # new metrics, no training
 
@@ -66,7 +66,7 @@ NETWORK_OF = {"meg": "meg", "ebm_bb": "ebm_bb", "ebm_0gp": "ebm_bb", "wgan_0gp":
 CEILINGS = tuple(f"mle@{n}" for n in dict.fromkeys(NETWORK_OF.values()))
 DATASETS = ("25gaussians", "8gaussians", "sevenaniso", "bands", "swissroll", "checkerboard", "twospirals", "fourspin")
 QUICK = dict(methods=("mle", "wgan_0gp", "ddgm"), datasets=("8gaussians", "sevenaniso"), steps_scale=0.1)
-METRICS = ("kl_data_model", "fitted/kl_data_model", "fitted/inverse_temperature", "test_nll",
+METRICS = ("kl_data_model", "t1/kl_data_model", "temperature", "fitted/kl_data_model", "fitted/inverse_temperature", "test_nll",
            "kl_off_modes", "kl_among_modes", "kl_within_modes", "fitted/kl_off_modes", "fitted/kl_among_modes",
            "fitted/kl_within_modes",
            "generator/modes_covered", "generator/high_quality_fraction", "mcmc/modes_covered",
@@ -150,13 +150,15 @@ def diverged_text(s):
                                               if seeds else "")
 
 
-def density_image(workdir, extent=2.0, size=120):
+def density_image(workdir, temperature=None, extent=2.0, size=120):
+    """Seed 0's reported density exp(-E/T)/Z_T on the picture's grid, T the run's sampling.temperature."""
     import numpy as np
 
     import ebm_jax
     from ebm_jax.evaluation.toy2d import grid_log_density
     model = ebm_jax.load(workdir, seed=0)
-    log_p, _ = grid_log_density(lambda x: model.energy(x), extent, size)
+    t = float(model.config.sampling.temperature if temperature is None else temperature)
+    log_p, _ = grid_log_density(lambda x: model.energy(x), extent, size, t)
     return np.exp(log_p)
 
 
@@ -164,11 +166,11 @@ def grid_path(json_path, method, dataset):
     return os.path.join(os.path.splitext(json_path)[0] + "_grids", f"{method}_{dataset}.npz")
 
 
-def save_grid(json_path, method, dataset, workdir):
+def save_grid(json_path, method, dataset, workdir, temperature=None):
     import numpy as np
     path = grid_path(json_path, method, dataset)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    np.savez_compressed(path, density=density_image(workdir).astype(np.float16))
+    np.savez_compressed(path, density=density_image(workdir, temperature).astype(np.float16))
 
 
 def load_grid(json_path, method, dataset):
@@ -219,7 +221,7 @@ def picture(rows, methods, datasets, path, json_path):
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_aspect("equal")
-    fig.suptitle("seed 0's exp(-E)/Z\n(title: KL(data || model), nats)", fontsize=7)
+    fig.suptitle("seed 0's exp(-E/T)/Z at each method's T\n(title: KL(data || model), nats)", fontsize=7)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))   # half an inch for the two-line title
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -235,6 +237,8 @@ def summarise(r):
         if k in f:
             out[k] = f[k]
             out[k + ":std"] = std.get(k, 0.0)
+    if "kl_data_model" in f and "t1/kl_data_model" not in f:   # evaluated at T = 1: the same figure
+        out["t1/kl_data_model"], out["t1/kl_data_model:std"] = f["kl_data_model"], std.get("kl_data_model", 0.0)
     if "diverged" in r:
         out["diverged"] = r["diverged"]
         return out
@@ -244,41 +248,56 @@ def summarise(r):
     return out
 
 
-def reevaluate(rows, methods, datasets, roots, json_path):
-    """Evaluate again, without training, the runs of `rows` among methods x datasets whose workdirs an
-    earlier invocation left under one of `roots` (its --workdir): for a metric added after they trained.
-    A workdir is taken for a row only if its checkpoint's KL(data || model) at T = 1 is the row's own (to
-    1e-6; the grid metrics are deterministic), so a later run of the same method and toy is never
-    mistaken for the row's. The row keeps its training provenance and gains 'evaluated' (commit, date)."""
-    from ebm_jax import api
+def t1_kl(r):
+    """KL(data || exp(-E)/Z) at T = 1 of a row or an evaluation (rows and runs before the reported
+    temperature have only kl_data_model, at T = 1)."""
+    return r.get("t1/kl_data_model", r.get("kl_data_model", float("nan")))
+
+
+def find_runs(rows, methods, datasets, roots):
+    """{(method, dataset): workdir} of the rows' runs among methods x datasets under the earlier --workdir
+    folders `roots`. A workdir is taken for a row only if its final evaluation's KL(data || model) at T = 1
+    is the row's own (to 1e-6; the grid metrics are deterministic), so that a later run of the same method
+    and toy is never mistaken for the row's."""
+    found = {}
     for d in datasets:
         for m in methods:
             row = rows.get((m, d))
             if row is None or "diverged" in row or "kl_data_model" not in row:
                 continue
-            found = False
             for root in roots:
                 workdir = os.path.join(root, f"{m}_{d}")
                 if not os.path.exists(os.path.join(workdir, "eval_final.json")):
                     continue
                 with open(os.path.join(workdir, "eval_final.json")) as f:
                     final = json.load(f)
-                if (final.get("num_seeds", 1) != row["seeds"]
-                        or abs(final.get("kl_data_model", float("nan")) - row["kl_data_model"]) > 1e-6):
-                    continue
-                _, metrics = api.evaluate_checkpoint(workdir)
-                if abs(metrics["kl_data_model"] - row["kl_data_model"]) > 1e-6:
-                    raise SystemExit(f"{workdir}: evaluated again, KL {metrics['kl_data_model']:.6f} is not the "
-                                     f"{row['kl_data_model']:.6f} it recorded; the evaluation is not reproducible")
-                new = summarise(dict(method=m, dataset=d, spec=row["spec"], steps=row["steps"], seconds=row["seconds"],
-                                     final=metrics))
-                rows[(m, d)] = {**row, **new, "evaluated": {k: v for k, v in provenance().items() if k != "backend"}}
-                write_json(json_path, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
-                print(f"{m:>9} {d:>12}: evaluated again from {workdir}", flush=True)
-                found = True
-                break
-            if not found:
+                if final.get("num_seeds", 1) == row["seeds"] and abs(t1_kl(final) - t1_kl(row)) <= 1e-6:
+                    found[(m, d)] = workdir
+                    break
+            else:
                 print(f"{m:>9} {d:>12}: none of the {len(roots)} folders given holds this row's run", flush=True)
+    return found
+
+
+def reevaluate(rows, methods, datasets, roots, json_path):
+    """Evaluate again, without training, the runs of `rows` among methods x datasets whose workdirs an
+    earlier invocation left under one of `roots` (find_runs), with the method's current default evaluation
+    and sampling settings (its reported temperature among them): for a metric or a setting changed after
+    they trained. The row keeps its training provenance and gains 'evaluated' (commit, date)."""
+    from ebm_jax import api
+    for (m, d), workdir in find_runs(rows, methods, datasets, roots).items():
+        row = rows[(m, d)]
+        config = load(row["spec"], {"eval.mcmc": True})
+        _, metrics = api.evaluate_checkpoint(workdir, config=config)
+        if abs(t1_kl(metrics) - t1_kl(row)) > 1e-6:
+            raise SystemExit(f"{workdir}: evaluated again, KL {t1_kl(metrics):.6f} at T = 1 is not the "
+                             f"{t1_kl(row):.6f} it recorded; the evaluation is not reproducible")
+        new = summarise(dict(method=m, dataset=d, spec=row["spec"], steps=row["steps"], seconds=row["seconds"],
+                             final=metrics))
+        rows[(m, d)] = {**row, **new, "evaluated": {k: v for k, v in provenance().items() if k != "backend"}}
+        save_grid(json_path, m, d, workdir, float(config.sampling.temperature))
+        write_json(json_path, dict(rows=sorted(rows.values(), key=lambda x: (x["dataset"], x["method"]))))
+        print(f"{m:>9} {d:>12}: evaluated again from {workdir}", flush=True)
 
 
 def provenance():
@@ -325,16 +344,25 @@ def ceiling_label(method):
     return {"mle": "default", "mle_grid": "default, grid"}.get(method, method.partition("@")[2])
 
 
+def reported_temperature(by, method):
+    """The T a method's runs report their density at (sampling.temperature), if one T other than 1."""
+    temps = {r.get("temperature", 1.0) for (_, m), r in by.items() if m == method and "kl_data_model" in r}
+    return temps.pop() if len(temps) == 1 and temps != {1.0} else None
+
+
 def kl_matrix(by, methods, datasets, title="KL(data \\|\\| model)", best=False, key="kl_data_model"):
     """Markdown lines: a toy x method matrix of KL (`key`) mean +- std (the runs `by` holds; empty where
-    none), with best=True a first column of the best exact-ML run of the toy (best_ml) and its network."""
+    none), with best=True a first column of the best exact-ML run of the toy (best_ml) and its network.
+    For key='kl_data_model' a method whose runs report their density at T != 1 is headed 'NAME (1/T x)'."""
     has = lambda d, m: (d, m) in by and (key in by[(d, m)] or "diverged" in by[(d, m)])  # noqa: E731
     methods = [m for m in methods if any(has(d, m) for d in datasets)]
     datasets = [d for d in datasets if any(has(d, m) for m in methods)]
     bests = {d: best_ml(by.values(), d, key) for d in datasets} if best else {}
     best = any(b is not None for b in bests.values())   # no column without an ML run
     head = ["best ML (network)"] if best else []
-    lines = [f"| {title} | " + " | ".join(head + methods) + " |", "| --- |" + " --- |" * (len(head) + len(methods))]
+    temps = {m: reported_temperature(by, m) for m in methods} if key == "kl_data_model" else {}
+    names = [f"{m} (1/T {1 / temps[m]:.3g})" if temps.get(m) else m for m in methods]
+    lines = [f"| {title} | " + " | ".join(head + names) + " |", "| --- |" + " --- |" * (len(head) + len(methods))]
     for d in datasets:
         cells = [(fmt(by[(d, m)], key, 2) or diverged_text(by[(d, m)])) if (d, m) in by else ""
                  for m in methods]
@@ -353,7 +381,7 @@ def split_matrix(by, methods, datasets, prefix=""):
     has = lambda d, m: keys[0] in by.get((d, m), {})  # noqa: E731
     methods = [m for m in methods if any(has(d, m) for d in datasets)]
     datasets = [d for d in datasets if any(has(d, m) for m in methods)]
-    title = "off + among + within" + (" at the fitted 1/T" if prefix else ", T = 1")
+    title = "off + among + within" + (" at the fitted 1/T" if prefix else ", reported T")
     lines = [f"| {title} | " + " | ".join(methods) + " |", "| --- |" + " --- |" * len(methods)]
     for d in datasets:
         cells = [" + ".join(f"{by[(d, m)][k]:.2f}" for k in keys) if has(d, m) else "" for m in methods]
@@ -366,6 +394,9 @@ def markdown_tables(summary, table, columns, methods, datasets, ceilings=()):
     methods' own networks where they ran, then every column per run, then where each figure came from."""
     by = {(s["dataset"], s["method"]): s for s in summary}
     lines = kl_matrix(by, methods, datasets, best=True)
+    tuned = [m for m in methods if reported_temperature(by, m)]
+    if tuned:   # the methods whose reported density is at T != 1: their energies' own exp(-E)/Z too
+        lines += [""] + kl_matrix(by, tuned, datasets, "KL at T = 1", best=True, key="t1/kl_data_model")
     if any("fitted/kl_data_model" in s for s in summary):   # the runs evaluated with a fitted temperature
         lines += [""] + kl_matrix(by, methods, datasets, "KL at the fitted 1/T", best=True, key="fitted/kl_data_model")
     if any(m in ceilings for _, m in by):
@@ -406,8 +437,10 @@ def main():
                         "earlier --workdir folders, for a metric added since")
     parser.add_argument("--report", action="store_true", help="train nothing: the table, Markdown and picture "
                         "of the runs --json holds")
-    parser.add_argument("--temperatures", action="store_true", help="also print KL(data || model) of seed 0's "
-                        "stored density grid sharpened or flattened to exp(-E/T)/Z_T, for a range of 1/T")
+    parser.add_argument("--scan-temperatures", nargs="+", default=None, metavar="DIR", help="train nothing: "
+                        "print each run's KL(data || exp(-E/T)/Z_T) over a range of 1/T, from its checkpoints under "
+                        "these --workdir folders, and each method's mean over the toys (how the methods' reported "
+                        "temperatures were chosen)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="train with this "
                         "config field changed (repeatable; needs a --json other than the default)")
     parser.add_argument("--json", default=None, help="the results file to add to (default bench/results/"
@@ -440,6 +473,9 @@ def main():
 
     if args.ceilings:
         methods = methods + [c for c in dict.fromkeys(f"mle@{NETWORK_OF[m]}" for m in methods if m in NETWORK_OF)]
+    if args.scan_temperatures:
+        scan_temperatures(rows, methods, datasets, args.scan_temperatures)
+        return
     if args.reevaluate:
         reevaluate(rows, methods, datasets, args.reevaluate, args.json)
         args.report = True
@@ -473,38 +509,56 @@ def main():
             columns, table = summary_table(written, written)
             f.write(markdown_tables(written, table, columns, list(METHODS), list(DATASETS), list(CEILINGS)))
         print(f"wrote {markdown}")
-    if args.temperatures and args.json:
-        print_temperatures(written, args.json)
     if args.picture and args.json and written:
         picture(written, list(METHODS), list(DATASETS), args.picture, args.json)
         print(f"wrote {args.picture}")
 
 
-INVERSE_TEMPERATURES = (0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+# the 1/T the reported temperatures were chosen among (ebm_jax/configlib.py, TOY_INVERSE_TEMPERATURE)
+INVERSE_TEMPERATURES = tuple(round(0.6 + 0.1 * i, 1) for i in range(25)) + (3.5, 4.0, 5.0)
 
 
-def print_temperatures(rows, json_path):
-    """KL(data || model) of exp(-E/T)/Z_T from seed 0's stored grid (the picture's: 120 x 120 cells on
-    [-2, 2]^2, float16, so T = 1 differs a little from the table's metric grid): how much a temperature of
-    the reported density could change each run's figure. Chosen this way it would be chosen on the
-    data's exact density, so it is a diagnostic, not a calibration."""
+def scan_temperatures(rows, methods, datasets, roots):
+    """For each run of `rows` found under `roots` (find_runs): the mean over its seeds of KL(data ||
+    exp(-E/T)/Z_T) of its energy E (not of its reported density) on the metric grid, at each 1/T of
+    INVERSE_TEMPERATURES; per method, the mean over the toys it ran on and the 1/T that minimises it.
+    This is how each method's reported temperature was chosen: one per method, never per toy. Printed as
+    a table; returns {method: (best 1/T, mean at T = 1, mean at the best)}."""
     import numpy as np
 
+    import ebm_jax
     from ebm_jax.data.toys import get_toy
-    from ebm_jax.evaluation.toy2d import grid_points, kl_on_grid
-    _, pts, _ = grid_points(2.0, 120)
-    columns = ["toy", "method"] + [f"1/T={t:g}" for t in INVERSE_TEMPERATURES]
-    table = []
-    for r in rows:
-        grid, toy = load_grid(json_path, r["method"], r["dataset"]), get_toy(r["dataset"])
-        if grid is None or toy.log_density is None:
+    from ebm_jax.evaluation.toy2d import (batched, grid_points, histogram_log_density, kl_on_grid, metric_grid,
+                                          normalised_on_grid)
+    kl = {}
+    for (m, d), workdir in find_runs(rows, methods, datasets, roots).items():
+        first = ebm_jax.load(workdir)
+        r, n = metric_grid(2.0, int(first.config.eval.grid_size), float(first.config.eval.get("grid_extent", 0.0)))
+        _, pts, area = grid_points(r, n)
+        toy = get_toy(d)
+        log_p = toy.log_density(pts).reshape(n, n) if toy.log_density is not None else histogram_log_density(toy.sample, r, n)
+        per_seed = []
+        for seed in range(rows[(m, d)]["seeds"]):
+            energy = batched((first if seed == 0 else ebm_jax.load(workdir, seed=seed)).energy, pts)
+            per_seed.append([kl_on_grid(log_p, normalised_on_grid(energy, area, b)[0]) for b in INVERSE_TEMPERATURES])
+        kl[(m, d)] = np.mean(per_seed, axis=0)
+    table, best = [], {}
+    for m in methods:
+        toys = [d for d in datasets if (m, d) in kl]
+        if not toys:
             continue
-        log_p = toy.log_density(pts)
-        log_q = np.log(np.maximum(grid.astype(np.float64), 1e-30)).ravel()
-        row = {"toy": r["dataset"], "method": r["method"],
-               **{f"1/T={t:g}": f"{kl_on_grid(log_p, t * log_q):.2f}" for t in INVERSE_TEMPERATURES}}
-        table.append(row)
-    print_table(table, columns, title="KL(data || model) of seed 0's grid density at temperature T")
+        for d in toys:
+            table.append({"method": m, "toy": d, **{f"{b:g}": f"{v:.3f}" for b, v in zip(INVERSE_TEMPERATURES, kl[(m, d)])}})
+        mean = np.mean([kl[(m, d)] for d in toys], axis=0)
+        i = int(np.argmin(mean))
+        table.append({"method": m, "toy": f"mean of {len(toys)}",
+                      **{f"{b:g}": f"{v:.3f}" for b, v in zip(INVERSE_TEMPERATURES, mean)}})
+        best[m] = (INVERSE_TEMPERATURES[i], float(mean[INVERSE_TEMPERATURES.index(1.0)]), float(mean[i]))
+    print_table(table, ["method", "toy"] + [f"{b:g}" for b in INVERSE_TEMPERATURES],
+                title="KL(data || exp(-E/T)/Z_T) of each run's energy, mean over its seeds, by 1/T")
+    for m, (b, at_one, at_best) in best.items():
+        print(f"{m:>9}: mean over its toys {at_one:.3f} at 1/T = 1, {at_best:.3f} at 1/T = {b:g}", flush=True)
+    return best
 
 
 def summary_table(summary, references=None):

@@ -109,6 +109,8 @@ def make_config(variant: str = "") -> ml_collections.ConfigDict:
         c.eval.num_samples = 64
         c.eval.mcmc = False
         c.sampling.num_samples = 64
+    if c.data.name in TOYS and "paper" not in tokens["extras"]:
+        configlib.set_toy_temperature(c)   # the reported density's temperature: configlib says how it was chosen
     return c
 
 

@@ -143,6 +143,7 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         c.method.energy_reg = 0.1
         c.optim.schedule = "cosine"
         c.train.num_steps = 30_000
+        configlib.set_toy_temperature(c)   # the reported density's temperature: configlib says how it was chosen
     return c
 
 

@@ -54,4 +54,5 @@ def get_config(variant: str = ""):
     config.sampling.step_size = 1e-4
     tokens = common.parse_variant(variant, datasets=tuple(TOYS))
     config.data.name = tokens.get("dataset", "25gaussians")
+    common.set_toy_temperature(config)   # the reported density's temperature: configlib says how it was chosen
     return config

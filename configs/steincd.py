@@ -159,6 +159,8 @@ def make_config(method_name: str, variant: str = "") -> ml_collections.ConfigDic
         c.optim.schedule = "cosine"
         c.method.bandwidth_scale = 0.3
         c.data.batch_size = 512
+    if c.method.name in ("steingan", "steincd") and c.data.name in TOYS:
+        configlib.set_toy_temperature(c)   # the reported density's temperature: configlib says how it was chosen
     return c
 
 

@@ -36,19 +36,26 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert "- best ML" in out   # the table has the gap to the best exact-ML ceiling
     # the Markdown beside the JSON: the toy x method KL matrix with both runs, then the full table
     md = open(tmp_path / "r.md").read().splitlines()
-    assert md[0] == "| KL(data \\|\\| model) | best ML (network) | mle | steincd |"
+    # SteinCD reports its density at its default toy temperature (configs/steincd.py), exact ML at T = 1
+    assert rows["steincd"]["temperature"] == pytest.approx(1 / 1.8) and rows["mle"]["temperature"] == 1.0
+    assert md[0] == "| KL(data \\|\\| model) | best ML (network) | mle | steincd (1/T 1.8) |"
     kl = {m: f"{r['kl_data_model']:.2f} +- {r['kl_data_model:std']:.2f}" for m, r in rows.items()}
     assert md[2] == f"| sevenaniso | {rows['mle']['kl_data_model']:.2f} (default) | {kl['mle']} | {kl['steincd']} |"
+    # then the methods at T != 1 at T = 1, against the ceiling's KL at T = 1
+    assert md[4] == "| KL at T = 1 | best ML (network) | steincd |"
+    t1 = rows["steincd"]["t1/kl_data_model"]
+    assert md[6] == f"| sevenaniso | {rows['mle']['kl_data_model']:.2f} (default) | {t1:.2f} +- {rows['steincd']['t1/kl_data_model:std']:.2f} |"
+    assert rows["mle"]["t1/kl_data_model"] == rows["mle"]["kl_data_model"] and abs(t1 - rows["steincd"]["kl_data_model"]) > 1e-3
     # then the same matrix at the temperature each seed's energy was fitted to on its training points
-    assert md[4] == "| KL at the fitted 1/T | best ML (network) | mle | steincd |"
+    assert md[8] == "| KL at the fitted 1/T | best ML (network) | mle | steincd |"
     fit = {m: f"{r['fitted/kl_data_model']:.2f} +- {r['fitted/kl_data_model:std']:.2f}" for m, r in rows.items()}
-    assert md[6].endswith(f"| {fit['mle']} | {fit['steincd']} |") and len(rows["mle"]["per_seed_fitted_kl"]) == 2
+    assert md[10].endswith(f"| {fit['mle']} | {fit['steincd']} |") and len(rows["mle"]["per_seed_fitted_kl"]) == 2
     # then, on a mixture, the KL split into the mass off and among the components and the shape within
-    # them (seed means, adding up to the KL), at T = 1 and at the fitted temperature
+    # them (seed means, adding up to the KL), at the reported T and at the fitted temperature
     parts = lambda r, prefix="": [r[prefix + k] for k in ("kl_off_modes", "kl_among_modes", "kl_within_modes")]  # noqa: E731
-    assert md[8] == "| off + among + within, T = 1 | mle | steincd |"
-    assert md[10] == "| sevenaniso | " + " | ".join(" + ".join(f"{v:.2f}" for v in parts(rows[m])) for m in ("mle", "steincd")) + " |"
-    assert md[12] == "| off + among + within at the fitted 1/T | mle | steincd |"
+    assert md[12] == "| off + among + within, reported T | mle | steincd |"
+    assert md[14] == "| sevenaniso | " + " | ".join(" + ".join(f"{v:.2f}" for v in parts(rows[m])) for m in ("mle", "steincd")) + " |"
+    assert md[16] == "| off + among + within at the fitted 1/T | mle | steincd |"
     for r in rows.values():
         assert sum(parts(r)) == pytest.approx(r["kl_data_model"], abs=1e-6)
         assert sum(parts(r, "fitted/")) == pytest.approx(r["fitted/kl_data_model"], abs=1e-6)
@@ -57,25 +64,36 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     assert ": KL" not in out
     assert open(tmp_path / "r.md").read().splitlines()[:3] == md[:3]
     # --report trains nothing, even for a method without a run, and reports the runs there are
-    out = run(tmp_path, "mle", "steincd", "cd", "--report", "--temperatures")
+    out = run(tmp_path, "mle", "steincd", "cd", "--report")
     assert ": KL" not in out and "- best ML" in out
-    # --temperatures: KL(data || exp(-E/T)/Z_T) of seed 0's stored grid, here written afresh at 1/T = 2
+    # --scan-temperatures: each run's KL(data || exp(-E/T)/Z_T) of its energy, mean over its seeds, here
+    # written afresh at 1/T = 2 from the two seeds' energies on the metric grid ([-4, 4]^2 at the picture's
+    # cell size), and the method's mean over its toys
     import numpy as np
+    import ebm_jax
     from ebm_jax.data.toys import get_toy
-    from ebm_jax.evaluation.toy2d import grid_points
-    log_p = get_toy("sevenaniso").log_density(grid_points(2.0, 120)[1]).astype(np.float64)
-    p = np.exp(log_p) / np.exp(log_p).sum()
-    q = np.load(tmp_path / "r_grids" / "mle_sevenaniso.npz")["density"].astype(np.float64).ravel() ** 2
-    q = q / q.sum()
-    line = next(x for x in out.splitlines() if x.startswith("sevenaniso") and x.split()[1] == "mle" and "+-" not in x)
-    assert float(line.split()[2 + 3]) == pytest.approx(np.sum(p * np.log(p / q)), abs=0.01)
+    out = run(tmp_path, "mle", "steincd", "--scan-temperatures", str(tmp_path / "runs"))
+    workdir = str(tmp_path / "runs" / "mle_sevenaniso")
+    step = 4.0 / int(ebm_jax.load(workdir).config.eval.grid_size)
+    axis = -4.0 + step * (np.arange(int(round(8.0 / step))) + 0.5)
+    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
+    log_p = get_toy("sevenaniso").log_density(pts)
+    log_p = log_p - np.logaddexp.reduce(log_p)
+    expect = []
+    for seed in (0, 1):
+        log_q = -2.0 * np.asarray(ebm_jax.load(workdir, seed=seed).energy(pts), np.float64)
+        log_q = log_q - np.logaddexp.reduce(log_q)
+        expect.append(np.sum(np.exp(log_p) * (log_p - log_q)))
+    line = next(x for x in out.splitlines() if x.split()[:2] == ["mle", "sevenaniso"])
+    assert float(line.split()[2 + 14]) == pytest.approx(np.mean(expect), rel=1e-3)   # 1/T = 0.6 + 0.1 x 14
+    assert "steincd: mean over its toys" in out and ": KL" not in out
     assert json.load(open(tmp_path / "r.json"))["rows"] == sorted(rows.values(), key=lambda r: r["method"])
     # --reevaluate restores a metric a row lacks from the run's checkpoint, and takes no workdir whose
     # run is not the row's (here steincd's row claims another KL than its workdir's run)
     edited = {**rows["mle"]}
     for k in ("fitted/kl_data_model", "fitted/kl_data_model:std", "per_seed_fitted_kl"):
         del edited[k]
-    wrong = {**rows["steincd"], "kl_data_model": rows["steincd"]["kl_data_model"] + 0.5}
+    wrong = {**rows["steincd"], "t1/kl_data_model": rows["steincd"]["t1/kl_data_model"] + 0.5}
     json.dump({"rows": [edited, wrong]}, open(tmp_path / "r.json", "w"))
     out = run(tmp_path, "mle", "steincd", "--reevaluate", str(tmp_path / "runs"))
     assert "mle   sevenaniso: evaluated again" in out and "steincd   sevenaniso: none of the 1 folders given holds" in out and ": KL" not in out
@@ -228,3 +246,22 @@ def test_mode_weights_of_a_steingan_run(tmp_path):
                          capture_output=True, text=True, timeout=600, env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "seed 0: corr(log Q/w, log g/w)" in out.stdout and "seed 1: corr" in out.stdout
+
+
+def test_reported_temperatures_apply_to_the_toy_defaults_only():
+    """Each method's toy configs report exp(-E/T) at the 1/T chosen for it (one for all toys), its ':paper'
+    variants and real data at T = 1, and the methods not tuned at T = 1 everywhere."""
+    from ebm_jax import configlib
+    from ebm_jax.data.toys import TOYS
+    tuned = configlib.TOY_INVERSE_TEMPERATURE
+    specs = {m: os.path.join(REPO, "configs", f"{'steincd' if m == 'cd' else m}.py")
+             for m in ("steingan", "steincd", "cd", "pcd", "ebm_bb", "ebm_0gp", "wgan_0gp", "ddgm", "meg", "triangle", "mle")}
+    for method, path in specs.items():
+        for toy in TOYS:
+            config = configlib.load_config(f"{path}:{toy}" + (",cd1" if method == "cd" else ""))
+            assert config.method.name == method
+            assert config.sampling.temperature == pytest.approx(1.0 / tuned.get(method, 1.0)), (method, toy)
+    assert set(tuned) == {"steingan", "steincd", "pcd", "ebm_bb", "wgan_0gp", "ddgm"}
+    for spec in ("ebm_bb.py:8gaussians,paper", "wgan_0gp.py:8gaussians,paper", "ddgm.py:fourspin,paper",
+                 "ddgm.py:mnist", "steingan.py:mnist", "ebm_bb.py:mnist"):
+        assert configlib.load_config(os.path.join(REPO, "configs", spec)).sampling.temperature == 1.0, spec

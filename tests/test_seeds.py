@@ -82,3 +82,34 @@ def test_one_seed_is_the_plain_program_and_bad_seeds_are_refused(three_and_three
     from ebm_jax.methods import ConfigError
     with pytest.raises(ConfigError, match="num_seeds"):
         train.Trainer(tiny_config(**{"train.num_seeds": 0}))
+
+
+def test_the_reported_density_is_at_the_sampling_temperature(three_and_three, tmp_path):
+    """--mode=eval scores exp(-E/T)/Z_T at T = config.sampling.temperature (the density MCMC samples):
+    its KL is written here afresh from the model's energies on the metric grid, `t1/kl_data_model` is
+    the T = 1 evaluation's KL, and the fitted temperature's density does not depend on T."""
+    import shutil
+
+    import ebm_jax
+    from ebm_jax.data.toys import get_toy
+    _, singles = three_and_three
+    wd = str(tmp_path / "run")
+    shutil.copytree(singles[0], wd)
+    model = ebm_jax.load(wd)
+    config = model.config
+    _, at_one = ebm_jax.api.evaluate_checkpoint(wd, config=config)
+    config.sampling.temperature = 0.5
+    _, at_half = ebm_jax.api.evaluate_checkpoint(wd, config=config)
+
+    # the metric grid: [-4, 4]^2 (twice the toys' square) at the picture's cell size 4 / grid_size
+    step = 4.0 / int(config.eval.grid_size)
+    axis = -4.0 + step * (np.arange(int(round(8.0 / step))) + 0.5)
+    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
+    log_p = get_toy(config.data.name).log_density(pts)
+    log_q = -np.asarray(model.energy(pts), np.float64) / 0.5
+    log_p, log_q = log_p - np.logaddexp.reduce(log_p), log_q - np.logaddexp.reduce(log_q)
+    expect = float(np.sum(np.exp(log_p) * (log_p - log_q)))
+    assert at_half["kl_data_model"] == pytest.approx(expect, rel=1e-4, abs=1e-5)
+    assert at_half["t1/kl_data_model"] == pytest.approx(at_one["kl_data_model"], rel=1e-6)
+    assert "t1/kl_data_model" not in at_one and abs(at_half["kl_data_model"] - at_one["kl_data_model"]) > 0.01
+    assert at_half["fitted/kl_data_model"] == pytest.approx(at_one["fitted/kl_data_model"], rel=1e-6)

@@ -10,7 +10,8 @@ Convention, used by every method, plot and metric in this project (written down 
     common generators (formulas in _two_spirals and _four_spin) at the same scale. Every toy fits
     in the square [-2, 2]^2 (TOY_EXTENT).
   * Densities, KL and NLL are computed on a uniform grid over [-extent, extent]^2 with
-    config.eval.grid_size points per side, at temperature 1 (p proportional to exp(-E)).
+    config.eval.grid_size points per side, at the temperature config.sampling.temperature (p
+    proportional to exp(-E/T); T = 1 unless a method's toy config tunes it).
   * Pictures put x on the horizontal axis and y on the vertical axis growing upwards
     (imshow origin='lower'); there is no vertical flip.
 """

@@ -1,7 +1,8 @@
 """Evaluation of models of 2-D data on a grid (the convention is in ebm_jax/data/toys.py).
 
-The model density is p(x) = exp(-E(x)/T) / Z with Z approximated by the Riemann sum of exp(-E/T) over
-a uniform, cell-centred grid. Two grids:
+The model density is p(x) = exp(-E(x)/T) / Z, T = config.sampling.temperature (the temperature MCMC
+samples at; 1 unless a config tunes it, and then `t1/kl_data_model` is the KL of exp(-E)/Z beside it),
+with Z approximated by the Riemann sum of exp(-E/T) over a uniform, cell-centred grid. Two grids:
   * the picture's square [-extent, extent]^2 with eval.grid_size points per side;
   * the metric grid [-R, R]^2, R = eval.grid_extent (0 = twice the data's extent), at the same cell
     size. A model can put mass outside the square its data fill (MALA in data space drifts there),
@@ -251,7 +252,7 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
     edge = (np.abs(pts[:, 0]) > 0.9 * r) | (np.abs(pts[:, 1]) > 0.9 * r)
     mass = np.exp(log_p_big.ravel() - _logsumexp(log_p_big.ravel()))
     test_energy = float(np.mean(batched(energy_fn, dataset.test)))
-    metrics = {"log_partition": log_z,
+    metrics = {"temperature": float(temperature), "log_partition": log_z,
                "test_nll": test_energy / temperature + log_z,
                "density/mass_outside_square": float(np.sum(mass[~inside])),
                "density/mass_at_grid_edge": float(np.sum(mass[edge]))}
@@ -268,6 +269,8 @@ def evaluate_2d(energy_fn: Callable, dataset, eval_config, temperature: float = 
         log_p_data = toy.log_density(pts).reshape(n, n) if exact else histogram_log_density(toy.sample, r, n)
         metrics["kl_data_model"] = kl_on_grid(log_p_data, log_p_big)
         metrics["fitted/kl_data_model"] = kl_on_grid(log_p_data, log_p_fit)
+        if temperature != 1.0:   # the energy's own density exp(-E)/Z beside the reported exp(-E/T)/Z_T
+            metrics["t1/kl_data_model"] = kl_on_grid(log_p_data, normalised_on_grid(grid_energy, area)[0])
         if toy.centers is not None:   # a mixture: the KL split into mass off, among and within the components
             regions = mode_regions(pts, toy.centers, toy.std, toy.covariances)
             for prefix, log_q in (("", log_p_big), ("fitted/", log_p_fit)):
