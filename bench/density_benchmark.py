@@ -318,9 +318,15 @@ def provenance():
 
 
 def read_rows(path):
+    """The rows of a results file; those evaluated before the reported temperature existed were evaluated
+    at T = 1, so their KL is also their 't1/kl_data_model' (as summarise records for new runs at T = 1)."""
     if path and os.path.exists(path):
         with open(path) as f:
-            return json.load(f).get("rows", [])
+            rows = json.load(f).get("rows", [])
+        for r in rows:
+            if "kl_data_model" in r and "temperature" not in r and "t1/kl_data_model" not in r:
+                r["t1/kl_data_model"], r["t1/kl_data_model:std"] = r["kl_data_model"], r["kl_data_model:std"]
+        return rows
     return []
 
 
