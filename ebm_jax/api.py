@@ -299,5 +299,6 @@ def sampling_title(model, n: int, steps: int, rate) -> str:
         return f"{name} (step {model.step})\n{n} generator samples"
     start = "generator samples" if model.method.has_generator else "N(0, I)"
     space = model.config.sampling.space if model.method.has_generator else "data"
+    t = float(model.config.sampling.temperature)
     return (f"{name} (step {model.step}): {n} samples\n{steps} MALA steps in {space} space from {start} "
-            f"(acceptance {float(rate):.2f})")
+            + (f"at T = {t:.3g} " if t != 1.0 else "") + f"(acceptance {float(rate):.2f})")

@@ -113,3 +113,8 @@ def test_the_reported_density_is_at_the_sampling_temperature(three_and_three, tm
     assert at_half["t1/kl_data_model"] == pytest.approx(at_one["kl_data_model"], rel=1e-6)
     assert "t1/kl_data_model" not in at_one and abs(at_half["kl_data_model"] - at_one["kl_data_model"]) > 0.01
     assert at_half["fitted/kl_data_model"] == pytest.approx(at_one["fitted/kl_data_model"], rel=1e-6)
+    # --mode=sample's picture says at which temperature MALA sampled, where it is not 1
+    model.config.sampling.temperature = 1.0
+    assert "at T = " not in ebm_jax.api.sampling_title(model, 4, 3, 0.5)
+    model.config.sampling.temperature = 0.5
+    assert "from generator samples at T = 0.5 (acceptance 0.50)" in ebm_jax.api.sampling_title(model, 4, 3, 0.5)
