@@ -15,14 +15,15 @@ MCMC-trained baseline) is trained with its default toy config (configs/METHOD.py
 and train.num_seeds = S replicas in one program, then evaluated as --mode=eval does
 (ebm_jax/evaluation: the metric grid, docs/metrics.md). Printed and written to --json (default
 bench/results/density_benchmark.json): per method x toy the mean +- std over seeds of
-KL(data || model) at T = 1 and at the temperature fitted by maximum likelihood on the training points
-(exp(-E/T)/Z_T with the energy fixed; the 1/T too), held-out NLL, modes covered and high-quality
+KL(data || model) of the density the method reports, exp(-E/T)/Z_T at its config's sampling.temperature
+(1 but for the methods of ebm_jax/configlib.py's TOY_INVERSE_TEMPERATURE), at T = 1, and at the temperature
+fitted by maximum likelihood on the training points (the energy fixed; the 1/T too), held-out NLL, modes covered and high-quality
 fraction of generator and MCMC samples,
 the mode-frequency KL of the generator's samples against the true weights (mixtures only),
 KL(data || a KDE of the generator's and of the MCMC samples) beside the same for as many data draws (how
 good a density the sampler is, against what a perfect one scores with that many samples), and the
 wall seconds of the whole run (training of all seeds, compilation and evaluation). The picture
-(--picture, default docs/images/density_benchmark.png) shows seed 0's learned density exp(-E)/Z for
+(--picture, default docs/images/density_benchmark.png) shows seed 0's learned density exp(-E/T)/Z for
 every method (rows) and toy (columns), the data in the first row.
 
 The benchmark is long on a CPU, so it is built to be run in parts: each finished run is added to
@@ -39,7 +40,8 @@ default before changing it; such runs record their settings and go to a --json o
 the default results file, whose rows are the defaults.
 
 The runs' workdirs (checkpoints of every seed) stay under --workdir (default: a new temporary folder,
-not removed), so that --reevaluate can evaluate them again when the evaluation gains a metric.
+not removed), so that --reevaluate can evaluate them again when the evaluation gains a metric, and
+--scan-temperatures can score their energies at other temperatures.
 """
 import argparse
 import json
