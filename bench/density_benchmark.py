@@ -239,8 +239,7 @@ def summarise(r):
         if k in f:
             out[k] = f[k]
             out[k + ":std"] = std.get(k, 0.0)
-    if "kl_data_model" in f and "t1/kl_data_model" not in f:   # evaluated at T = 1: the same figure
-        out["t1/kl_data_model"], out["t1/kl_data_model:std"] = f["kl_data_model"], std.get("kl_data_model", 0.0)
+    with_t1(out)
     if "diverged" in r:
         out["diverged"] = r["diverged"]
         return out
@@ -319,16 +318,18 @@ def provenance():
     return dict(backend=backend_line(), commit=commit, date=datetime.date.today().isoformat())
 
 
+def with_t1(row):
+    """A row evaluated at T = 1 (or before the reported temperature existed) has its KL as its
+    't1/kl_data_model' too; the evaluation records that metric only where T != 1."""
+    if "kl_data_model" in row and "t1/kl_data_model" not in row and row.get("temperature", 1.0) == 1.0:
+        row["t1/kl_data_model"], row["t1/kl_data_model:std"] = row["kl_data_model"], row["kl_data_model:std"]
+    return row
+
+
 def read_rows(path):
-    """The rows of a results file; those evaluated before the reported temperature existed were evaluated
-    at T = 1, so their KL is also their 't1/kl_data_model' (as summarise records for new runs at T = 1)."""
     if path and os.path.exists(path):
         with open(path) as f:
-            rows = json.load(f).get("rows", [])
-        for r in rows:
-            if "kl_data_model" in r and "temperature" not in r and "t1/kl_data_model" not in r:
-                r["t1/kl_data_model"], r["t1/kl_data_model:std"] = r["kl_data_model"], r["kl_data_model:std"]
-        return rows
+            return [with_t1(r) for r in json.load(f).get("rows", [])]
     return []
 
 

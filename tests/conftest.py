@@ -55,6 +55,20 @@ def tiny_overrides():
     }
 
 
+def grid_kl(toy, energy_fn, grid_size, inverse_temperature):
+    """KL(p_data || exp(-E/T)/Z) written here from numpy, independently of ebm_jax.evaluation: both
+    densities as cell masses on the toys' metric grid, [-4, 4]^2 at the picture's cell size 4 / grid_size."""
+    import numpy as np
+    from ebm_jax.data.toys import get_toy
+    step = 4.0 / int(grid_size)
+    axis = -4.0 + step * (np.arange(int(round(8.0 / step))) + 0.5)
+    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
+    log_p = get_toy(toy).log_density(pts)
+    log_q = -inverse_temperature * np.asarray(energy_fn(pts), np.float64)
+    log_p, log_q = log_p - np.logaddexp.reduce(log_p), log_q - np.logaddexp.reduce(log_q)
+    return float(np.sum(np.exp(log_p) * (log_p - log_q)))
+
+
 def tiny_config(variant="", **extra):
     from configs import meg
     config = apply_overrides(meg.get_config(variant), {**tiny_overrides(), **extra})

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, apply_overrides
+from conftest import REPO, apply_overrides, grid_kl
 
 SCRIPT = os.path.join(REPO, "bench", "density_benchmark.py")
 
@@ -71,19 +71,10 @@ def test_benchmark_adds_runs_and_does_not_repeat_them(tmp_path):
     # cell size), and the method's mean over its toys
     import numpy as np
     import ebm_jax
-    from ebm_jax.data.toys import get_toy
     out = run(tmp_path, "mle", "steincd", "--scan-temperatures", str(tmp_path / "runs"))
     workdir = str(tmp_path / "runs" / "mle_sevenaniso")
-    step = 4.0 / int(ebm_jax.load(workdir).config.eval.grid_size)
-    axis = -4.0 + step * (np.arange(int(round(8.0 / step))) + 0.5)
-    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
-    log_p = get_toy("sevenaniso").log_density(pts)
-    log_p = log_p - np.logaddexp.reduce(log_p)
-    expect = []
-    for seed in (0, 1):
-        log_q = -2.0 * np.asarray(ebm_jax.load(workdir, seed=seed).energy(pts), np.float64)
-        log_q = log_q - np.logaddexp.reduce(log_q)
-        expect.append(np.sum(np.exp(log_p) * (log_p - log_q)))
+    expect = [grid_kl("sevenaniso", ebm_jax.load(workdir, seed=seed).energy,
+                      ebm_jax.load(workdir).config.eval.grid_size, 2.0) for seed in (0, 1)]
     line = next(x for x in out.splitlines() if x.split()[:2] == ["mle", "sevenaniso"])
     assert float(line.split()[2 + 14]) == pytest.approx(np.mean(expect), rel=1e-3)   # 1/T = 0.6 + 0.1 x 14
     assert "steincd: mean over its toys" in out and ": KL" not in out

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import grid_kl, tiny_config
 import ebm_jax.api
 from ebm_jax import train
 
@@ -91,7 +91,6 @@ def test_the_reported_density_is_at_the_sampling_temperature(three_and_three, tm
     import shutil
 
     import ebm_jax
-    from ebm_jax.data.toys import get_toy
     _, singles = three_and_three
     wd = str(tmp_path / "run")
     shutil.copytree(singles[0], wd)
@@ -101,14 +100,7 @@ def test_the_reported_density_is_at_the_sampling_temperature(three_and_three, tm
     config.sampling.temperature = 0.5
     _, at_half = ebm_jax.api.evaluate_checkpoint(wd, config=config)
 
-    # the metric grid: [-4, 4]^2 (twice the toys' square) at the picture's cell size 4 / grid_size
-    step = 4.0 / int(config.eval.grid_size)
-    axis = -4.0 + step * (np.arange(int(round(8.0 / step))) + 0.5)
-    pts = np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2).astype(np.float32)
-    log_p = get_toy(config.data.name).log_density(pts)
-    log_q = -np.asarray(model.energy(pts), np.float64) / 0.5
-    log_p, log_q = log_p - np.logaddexp.reduce(log_p), log_q - np.logaddexp.reduce(log_q)
-    expect = float(np.sum(np.exp(log_p) * (log_p - log_q)))
+    expect = grid_kl(config.data.name, model.energy, config.eval.grid_size, 1 / 0.5)
     assert at_half["kl_data_model"] == pytest.approx(expect, rel=1e-4, abs=1e-5)
     assert at_half["t1/kl_data_model"] == pytest.approx(at_one["kl_data_model"], rel=1e-6)
     assert "t1/kl_data_model" not in at_one and abs(at_half["kl_data_model"] - at_one["kl_data_model"]) > 0.01

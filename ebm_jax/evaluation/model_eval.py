@@ -104,13 +104,12 @@ def evaluate_model(method, params, dataset, config, key, picture: bool = True, t
         png = toy2d.image_grid_png(samples, f"{method.name} on {dataset.name}{title_suffix}")
     if dataset.is_2d and dataset.extent:
         # the density the model reports is the one MCMC samples: exp(-E/T)/Z at T = sampling.temperature
-        m, log_p = toy2d.evaluate_2d(energy_fn, dataset, config.eval, float(config.sampling.temperature), samples)
+        t = float(config.sampling.temperature)
+        m, log_p = toy2d.evaluate_2d(energy_fn, dataset, config.eval, t, samples)
         metrics.update(m)
         title = f"{method.name} on {dataset.name}{title_suffix}"
         if "kl_data_model" in m:
-            title += f"  KL(data||model)={m['kl_data_model']:.3f}"
-            if float(config.sampling.temperature) != 1.0:
-                title += f" at T={float(config.sampling.temperature):.3g}"
+            title += f"  KL(data||model)={m['kl_data_model']:.3f}" + (f" at T={t:.3g}" if t != 1.0 else "")
         if picture:
             png = toy2d.plot_2d(dataset, log_p, samples, title)
     return metrics, png, samples
